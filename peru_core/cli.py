@@ -1,0 +1,41 @@
+"""``python -m peru_core``: the same engine as the dashboard, from the command line.
+
+Each sub-command lives in ``peru_core/commands/<name>.py`` with ``add_parser(subparsers)`` and ``run(args) -> int``.
+Errors (:class:`PeruError`) print one line on stderr and exit 2; nothing half-written is left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from peru_core.errors import PeruError
+
+COMMANDS = ("merge", "reuse", "lora", "sweep")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m peru_core", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"peru_core.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"peru_core.commands.{name}":
+                raise
+            continue  # command not built yet
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PeruError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written.", file=sys.stderr)
+        return 130

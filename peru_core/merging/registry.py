@@ -1,0 +1,133 @@
+"""The merge registry: a method is added in one place, and the UI builds its sliders from it.
+
+Usage (one file per method in ``peru_core/merging/``)::
+
+    @merge_method("ties", label="TIES-Merging", paper="https://arxiv.org/abs/2306.01708",
+                  params=(Param("k", 20.0, 1.0, 100.0, "percent of each task vector kept"),
+                          Param("lam", 1.0, 0.0, 3.0, "scale of the merged task vector")))
+    def ties(base, finetuned, *, k, lam, context=None): ...
+
+Methods that need a model and data (Fisher, RegMean) declare ``needs=("fisher",)`` or ``("grams",)`` and receive a
+:class:`MergeContext` that computes those statistics; the others get ``context=None``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+
+import torch
+
+from peru_core.errors import PeruError
+from peru_core.types import Progress, StateDict
+
+
+@dataclass(frozen=True)
+class Param:
+    """A typed, bounded knob of a method; feeds CLI validation and UI sliders."""
+
+    name: str
+    default: float
+    low: float
+    high: float
+    help: str
+    step: float = 0.0  # 0: let the UI choose; integers use 1
+    integer: bool = False
+
+    def check(self, value: Any) -> float | int:
+        """Coerce and range-check ``value``; raise a one-sentence PeruError when it is out of range."""
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise PeruError(f"Parameter {self.name}={value!r} is not a number; give a value in "
+                            f"[{self.low:g}, {self.high:g}].") from None
+        if not (self.low <= v <= self.high) or v != v:
+            raise PeruError(f"Parameter {self.name}={value} is out of range; give a value in "
+                            f"[{self.low:g}, {self.high:g}] ({self.help}).")
+        if self.integer:
+            if v != int(v):
+                raise PeruError(f"Parameter {self.name}={value} must be a whole number.")
+            return int(v)
+        return v
+
+
+class MergeContext(Protocol):
+    """Model- and data-driven statistics for Fisher merging and RegMean (implemented with the zoo)."""
+
+    def fisher(self, task: int, state_dict: StateDict, samples: int) -> StateDict:
+        """Diagonal Fisher of the tuned tensors of ``state_dict`` on ``samples`` validation images of ``task``."""
+        ...
+
+    def grams(self, task: int, state_dict: StateDict, samples: int) -> dict[str, torch.Tensor]:
+        """``X^T X`` of the inputs of every linear layer, keyed by the layer's weight name (``...weight``)."""
+        ...
+
+
+MergeFn = Callable[..., StateDict]
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    name: str
+    label: str
+    paper: str
+    params: tuple[Param, ...]
+    fn: MergeFn
+    needs: tuple[str, ...] = ()  # statistics from a MergeContext: "fisher", "grams"
+    summary: str = ""
+
+    def defaults(self) -> dict[str, float | int]:
+        return {p.name: p.default for p in self.params}
+
+    def check_params(self, params: Mapping[str, Any]) -> dict[str, float | int]:
+        """Fill defaults, reject unknown names, range-check values."""
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            names = ", ".join(known) or "none"
+            raise PeruError(f"{self.label} has no parameter {unknown[0]!r}; its parameters are: {names}.")
+        return {n: p.check(params.get(n, p.default)) for n, p in known.items()}
+
+    def __call__(self, base: StateDict, finetuned: Sequence[StateDict], *, context: Optional[MergeContext] = None,
+                 on_progress: Progress = None, **params: Any) -> StateDict:
+        checked = self.check_params(params)
+        if self.needs and context is None:
+            raise PeruError(f"{self.label} needs a model and validation data ({', '.join(self.needs)}); "
+                            "run it on a zoo, not on bare checkpoints.")
+        if not finetuned:
+            raise PeruError("No fine-tuned models were given; pass at least one task.")
+        return self.fn(base, list(finetuned), context=context, on_progress=on_progress, **checked)
+
+
+_REGISTRY: dict[str, MergeMethod] = {}
+
+
+def merge_method(name: str, *, label: str, paper: str, params: tuple[Param, ...] = (),
+                 needs: tuple[str, ...] = (), summary: str = "") -> Callable[[MergeFn], MergeFn]:
+    """Register ``fn(base, finetuned, *, context, on_progress, **params) -> merged state dict``."""
+
+    def wrap(fn: MergeFn) -> MergeFn:
+        if name in _REGISTRY:
+            raise RuntimeError(f"merge method {name!r} registered twice")
+        doc_first = ((fn.__doc__ or "").strip().splitlines() or [""])[0]
+        _REGISTRY[name] = MergeMethod(name, label, paper, tuple(params), fn, tuple(needs), summary or doc_first)
+        return fn
+
+    return wrap
+
+
+def _load_all() -> None:
+    # Importing the package imports every method module, which registers it.
+    import peru_core.merging  # noqa: F401
+
+
+def get_method(name: str) -> MergeMethod:
+    _load_all()
+    if name not in _REGISTRY:
+        raise PeruError(f"Unknown merge method {name!r}; choose one of: {', '.join(_REGISTRY)}.")
+    return _REGISTRY[name]
+
+
+def list_methods() -> list[MergeMethod]:
+    """All registered methods, in registration order."""
+    _load_all()
+    return list(_REGISTRY.values())
