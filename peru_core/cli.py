@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 from peru_core.errors import PeruError
 
-COMMANDS = ("merge", "reuse", "lora", "sweep")
+COMMANDS = ("merge", "reuse", "lora", "sweep", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,153 @@
+"""Spectra: why a few singular directions (LoRA) or a few large entries (full fine-tunes) carry a task.
+
+PERU: https://arxiv.org/abs/2310.01886
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from peru_core import viz
+from peru_core.spec import RunSpec
+from ui import page, sidebar, state, widgets
+
+page.setup("Spectra", "🌈")
+ctx = sidebar.context()
+page.intro(
+    "Spectra",
+    "PERU-LoRA keeps the top-$q$ singular values $s_i$ of each LoRA update, so how fast they fall decides how "
+    "small $q$ can be: the kept energy $E(q)$ and the relative error below are exact for the truncation. The same "
+    "view for the full fine-tunes' task-vector matrices shows why they are not low-rank, and the histogram of "
+    "$|u_t|$ shows how few large entries the top-$m\\%$ threshold keeps.",
+    r"\Delta_t = s\,B_t A_t = U \Sigma V^\top,\quad E(q) = \frac{\sum_{i \le q} s_i^2}{\sum_i s_i^2},\quad "
+    r"\frac{\lVert \Delta_t - U_q \Sigma_q V_q^\top \rVert_F}{\lVert \Delta_t \rVert_F} = \sqrt{1 - E(q)}",
+    "Section 3.2 and Figure 6 (PERU-LoRA's rank q) and Figure 7 (the top-m% of u_t)",
+)
+
+
+def _short(key: str, prefix: str) -> str:
+    k = key.removeprefix(prefix).removesuffix(".weight")
+    return k.replace("transformer.resblocks.", "block ").replace("transformer.layers.", "block ")
+
+
+def _tidy(spectra: dict[str, np.ndarray], task: str, prefix: str) -> pd.DataFrame:
+    return pd.DataFrame([{"task": task, "layer": _short(k, prefix), "index": i + 1, "sigma": float(s)}
+                         for k, sv in spectra.items() for i, s in enumerate(sv)])
+
+
+@st.cache_data(show_spinner="Singular values of the LoRA products…", max_entries=64)
+def lora_spectra(zoo_hash: str, task: str, _rt) -> pd.DataFrame:
+    from peru_core.lowrank import lora_spectra as spectra
+
+    return _tidy(spectra(_rt.adapter(task)), task, _rt.prefix)
+
+
+@st.cache_data(show_spinner="Singular values of the task-vector matrices…", max_entries=64)
+def full_spectra(zoo_hash: str, task: str, _rt) -> pd.DataFrame:
+    from peru_core.lowrank import task_vector_spectra
+
+    return _tidy(task_vector_spectra(_rt.base_state(), _rt.finetuned(task)), task, _rt.prefix)
+
+
+@st.cache_data(show_spinner="Top-m% threshold of the task vector…", max_entries=64)
+def magnitudes(zoo_hash: str, task: str, merge_key: str | None, keep: float, _rt):
+    """The |u_t| histogram (or |v_t| without a merge) and what the top-m% keeps."""
+    from peru_core import experiments
+    from peru_core.sparse import keep_count, kth_largest_abs
+    from peru_core.statedict import Layout, flat_difference
+
+    shared = experiments.task_model(_rt, RunSpec.from_key(merge_key), task) if merge_key else _rt.base_state()
+    ft = _rt.finetuned(task)
+    u = flat_difference(ft, shared, Layout.of(ft)).numpy()
+    k = keep_count(u.size, keep)
+    thr = kth_largest_abs(u, k) if k > 0 else float(np.abs(u).max()) * 2 + 1.0
+    energy = float(np.square(u[np.abs(u) >= thr], dtype=np.float64).sum() / max(np.square(u, dtype=np.float64).sum(),
+                                                                               1e-30))
+    return viz.magnitude_histogram(u, thr), thr, k, u.size, energy
+
+
+def energy_view(df: pd.DataFrame, q: int, layer: str, key: str) -> None:
+    curves = pd.concat([viz.energy_curves(df, by=None).assign(group="all layers"),
+                        viz.energy_curves(df[df["layer"] == layer], by=None).assign(group=layer)])
+    st.plotly_chart(viz.energy_figure(curves, q, by="group"), key=key)
+    row = curves[(curves["group"] == "all layers") & (curves["q"] == q)]
+    if not row.empty:
+        st.caption(f"At q={q}, the truncation keeps {row['energy'].iloc[0] * 100:.1f}% of the squared norm of all "
+                   f"layers (relative error {row['relative error'].iloc[0]:.3f}).")
+
+
+@st.fragment
+@page.guarded
+def lora_section(rt, task: str) -> None:
+    df = lora_spectra(ctx.zoo_hash, task, rt)
+    layers = list(dict.fromkeys(df["layer"]))
+    c = st.columns(2)
+    with c[0]:
+        q = widgets.rank_slider(state.SP_RANK, int(df["index"].max()), value=4)
+    with c[1]:
+        layer = state.kept(st.selectbox, "Layer", key=state.SP_LAYER, options=layers, index=0)
+    fig = viz.spectrum(df, color="layer")
+    fig.update_layout(showlegend=len(layers) <= 12)
+    fig.add_vline(x=q, line_dash="dash", line_color="black")
+    st.plotly_chart(fig, key="sp_lora_spectrum")
+    energy_view(df, q, layer, "sp_lora_energy")
+
+
+@st.fragment
+@page.guarded
+def full_section(rt, task: str) -> None:
+    tuned = sum(v.numel() for v in rt.base_state().values())
+    if tuned > 20_000_000 and not st.toggle("Compute the dense SVDs (about a second per matrix on a CPU)",
+                                            key="sp_full_go"):
+        st.info("Full task vectors need one dense SVD per matrix; switch the toggle on to compute them.")
+        return
+    df = full_spectra(ctx.zoo_hash, task, rt)
+    layers = list(dict.fromkeys(df["layer"]))
+    c = st.columns(2)
+    with c[0]:
+        q = widgets.rank_slider(state.SP_FULL_RANK, int(df["index"].max()), value=4)
+    with c[1]:
+        layer = state.kept(st.selectbox, "Layer", key=state.SP_FULL_LAYER, options=layers, index=0)
+    fig = viz.spectrum(df, color="layer")
+    fig.update_layout(showlegend=len(layers) <= 12)
+    fig.add_vline(x=q, line_dash="dash", line_color="black")
+    st.plotly_chart(fig, key="sp_full_spectrum")
+    energy_view(df, q, layer, "sp_full_energy")
+
+
+@st.fragment
+@page.guarded
+def magnitude_section(rt, task: str) -> None:
+    c = st.columns([1, 1, 2])
+    with c[0]:
+        vector = state.kept(st.radio, "Vector", key=state.SP_VECTOR, options=["u", "v"], index=0,
+                            format_func={"u": "u_t = θ_t − θ* (PERU-FFT)", "v": "v_t = θ_t − θ_0 (Post-Pruning)"}.get)
+        keep = widgets.keep_slider(state.SP_KEEP)
+    merge_key = None
+    if vector == "u":
+        with c[1]:
+            merge, params = widgets.merge_picker("sp", ctx.zoo)
+        merge_key = RunSpec.make("merge", "full", merge, params).key()
+    fig, thr, k, d, energy = magnitudes(ctx.zoo_hash, task, merge_key, keep, rt)
+    with c[2]:
+        st.metric("Threshold |entry|", f"{thr:.3g}" if k else "none kept")
+        st.metric("Entries kept", f"{viz.fmt_count(k)} of {viz.fmt_count(d)}", f"{energy * 100:.1f}% of the squared "
+                  "norm", delta_color="off")
+    st.plotly_chart(fig, key="sp_histogram")
+
+
+with page.user_errors():
+    rt = ctx.runtime
+    task = state.kept(st.selectbox, "Task", key=state.SP_TASK, options=ctx.zoo.task_names, index=0,
+                      format_func=lambda n: ctx.zoo.task(n).label)
+    has_lora, has_full = ctx.zoo.task(task).lora is not None, ctx.zoo.task(task).finetuned is not None
+    tabs = st.tabs(["LoRA products", "Full task vectors", "|u_t| and the top-m% threshold"])
+    for tab, ok, section, lack in ((tabs[0], has_lora, lora_section, "a LoRA adapter"),
+                                   (tabs[1], has_full, full_section, "a full fine-tune"),
+                                   (tabs[2], has_full, magnitude_section, "a full fine-tune")):
+        with tab:
+            if ok:
+                section(rt, task)
+            else:
+                st.info(f"Task {task!r} has no {lack} in this zoo.")

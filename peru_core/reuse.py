@@ -1,0 +1,117 @@
+"""Parameter-efficient reuse (PERU, https://arxiv.org/abs/2310.01886): a shared model + a small part per task.
+
+* Post-Pruning: ``theta_0 + top-m%(theta_t - theta_0)``;
+* PERU-FFT: ``theta_star + top-m%(theta_t - theta_star)``, ``theta_star`` from any registered merge;
+* PERU-LoRA: ``theta_0 + U_q S_q V_q^T``, the rank-q truncation of each LoRA product.
+
+For one task, :class:`SparseReuse` / :class:`LoraReuse` give (a) the reconstructed tuned state dict for one setting
+(``model``), (b) a cheap sweep over m or q (``sweep``: one partition + sort, or one small SVD per matrix, for all
+settings) and (c) the task-specific part to save (``task_part``).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+
+import torch
+
+from peru_core.errors import PeruError
+from peru_core.io import LoraAdapter
+from peru_core.lowrank import LowRank, adapter_svd, apply_lowrank, truncate_adapter
+from peru_core.merging.registry import MergeContext, get_method
+from peru_core.sparse import SparseDelta, TopM, check_scope
+from peru_core.statedict import Layout, flat_difference, work_dtype
+from peru_core.types import Progress, StateDict
+
+MODES = ("post-pruning", "peru-fft")
+
+
+class SparseReuse:
+    """One task's sparse reuse: ``shared + top-m%(finetuned - shared)`` over the fine-tuned keys.
+
+    ``shared`` is theta_0 (Post-Pruning) or theta_star (PERU-FFT); it may hold more keys than ``finetuned``.
+    Holds one flat difference vector (work dtype) and, once prepared, the sorted top slice.
+    """
+
+    def __init__(self, shared: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.Tensor],
+                 scope: str = "global"):
+        self.shared = shared
+        self.layout = Layout.of(finetuned)
+        dtype = work_dtype(self.layout.dtypes[0]) if self.layout.dtypes else torch.float32
+        diff = flat_difference(finetuned, shared, self.layout, dtype=dtype)
+        self.selector = TopM(diff, self.layout, check_scope(scope))
+
+    def task_part(self, keep: float) -> SparseDelta:
+        """The sparse task-specific part at ``keep`` percent (values + flat indices; see ``SparseDelta``)."""
+        return self.selector.select(keep)
+
+    def model(self, keep: float, *, out: Optional[torch.Tensor] = None) -> StateDict:
+        """The reconstructed tuned state dict at ``keep`` percent. ``out``: a flat work buffer to reuse."""
+        return self.task_part(keep).apply(self.shared, out=out)
+
+    def sweep(self, keeps: Iterable[float], *, reuse_buffer: bool = False) -> Iterator[tuple[float, StateDict]]:
+        """``(m, model)`` for every m after one preparation. With ``reuse_buffer`` every model is written into the
+        same flat buffer: consume each before asking for the next."""
+        buf = None
+        for m, part in self.selector.sweep(keeps):
+            if reuse_buffer and buf is None:
+                buf = torch.empty(self.layout.size, dtype=torch.from_numpy(part.values[:0]).dtype)
+            yield m, part.apply(self.shared, out=buf)
+
+
+def shared_model(base: StateDict, finetuned: Sequence[StateDict], mode: str, *, merge: str = "task_arithmetic",
+                 params: Optional[Mapping[str, Any]] = None, context: Optional[MergeContext] = None,
+                 on_progress: Progress = None) -> StateDict:
+    """theta_0 (Post-Pruning) or the merged theta_star (PERU-FFT) over the fine-tuned keys."""
+    if mode not in MODES:
+        raise PeruError(f"Unknown reuse mode {mode!r}; use one of: {', '.join(MODES)}.")
+    if mode == "post-pruning":
+        return {k: base[k] for k in finetuned[0]} if finetuned else {}
+    return get_method(merge)(base, finetuned, context=context, on_progress=on_progress, **dict(params or {}))
+
+
+def post_pruning(base: StateDict, finetuned: StateDict, keep: float, scope: str = "global") -> StateDict:
+    """``theta_0 + top-m%(theta_t - theta_0)`` for one task."""
+    return SparseReuse(base, finetuned, scope).model(keep)
+
+
+def peru_fft(merged: StateDict, finetuned: StateDict, keep: float, scope: str = "global") -> StateDict:
+    """``theta_star + top-m%(theta_t - theta_star)`` for one task (``merged`` = theta_star)."""
+    return SparseReuse(merged, finetuned, scope).model(keep)
+
+
+class LoraReuse:
+    """One task's PERU-LoRA: the QR-core SVD of every LoRA product, computed once; any rank q is then a slice."""
+
+    def __init__(self, base: Mapping[str, torch.Tensor], adapter: LoraAdapter, on_progress: Progress = None):
+        self.base, self.adapter = base, adapter
+        self.svds: dict[str, LowRank] = adapter_svd(adapter, on_progress)
+
+    def task_part(self, rank: int) -> dict[str, LowRank]:
+        """Rank-``rank`` factors per target weight, in the base's dtype (what a user stores per task)."""
+        return truncate_adapter(self.svds, rank, dtype=self._dtype())
+
+    def _dtype(self) -> torch.dtype:
+        return next(iter(self.base[k].dtype for k in self.svds), torch.float32)
+
+    def model(self, rank: int, *, keys: Optional[Iterable[str]] = None) -> StateDict:
+        """``theta_0 + U_q S_q V_q^T`` on every target; other tensors are the base's (shared, not copied)."""
+        return apply_lowrank(self.base, truncate_adapter(self.svds, rank), keys=keys)
+
+    def sweep(self, ranks: Iterable[int], *, keys: Optional[Iterable[str]] = None
+              ) -> Iterator[tuple[int, StateDict]]:
+        keys = list(keys) if keys is not None else None
+        for q in ranks:
+            yield q, self.model(q, keys=keys)
+
+
+def peru_lora(base: StateDict, adapter: LoraAdapter, rank: int) -> StateDict:
+    """``theta_0 + rank-q truncation of each LoRA product`` for one task."""
+    return LoraReuse(base, adapter).model(rank)
+
+
+def lowrank_to_tensors(parts: Mapping[str, LowRank]) -> dict[str, torch.Tensor]:
+    """Factors to save: ``<key>.U``, ``<key>.S``, ``<key>.Vh`` per target weight."""
+    out: dict[str, torch.Tensor] = {}
+    for k, lr in parts.items():
+        out[f"{k}.U"], out[f"{k}.S"], out[f"{k}.Vh"] = lr.U.contiguous(), lr.S.contiguous(), lr.Vh.contiguous()
+    return out

@@ -1,0 +1,224 @@
+"""Top-m% selection of a task vector, with one partition + one sort per vector serving a whole sweep of m.
+
+Keeps the m% entries of largest magnitude, either over the whole flattened vector (``global``, the paper's choice)
+or within each tensor (``per-tensor``). PERU: https://arxiv.org/abs/2310.01886 (eq. 1).
+
+Conventions (where the paper is silent):
+
+* the kept count is ``k = floor(d * m / 100 + 1/2)`` (per tensor with ``d_i`` for ``per-tensor``); m=0 keeps nothing,
+  m=100 keeps everything;
+* exactly ``k`` entries are kept: ties at the threshold go to the lower flat index (layout order, then element
+  order), so results are deterministic;
+* a :class:`TopM` partitions ``|v|`` once for the largest m it is asked for (``numpy.partition``, linear time), sorts
+  only that slice, and then every smaller m is a prefix of the same arrays (no work per m).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Mapping, Optional
+
+import numpy as np
+import torch
+
+from peru_core.errors import PeruError
+from peru_core.statedict import CHUNK, Layout, flatten, unflatten, work_dtype
+from peru_core.types import StateDict
+
+SCOPES = ("global", "per-tensor")
+FORMAT = "peru-sparse-v1"
+_LOW = np.uint64(0xFFFFFFFF)
+
+
+def check_keep(keep: float) -> float:
+    """``keep`` (m, a percent) as a float in [0, 100], or a one-sentence PeruError."""
+    try:
+        m = float(keep)
+    except (TypeError, ValueError):
+        raise PeruError(f"keep={keep!r} is not a number; give a percent in [0, 100].") from None
+    if not 0.0 <= m <= 100.0:  # also rejects NaN
+        raise PeruError(f"keep={keep} is out of range; give a percent in [0, 100].")
+    return m
+
+
+def check_scope(scope: str) -> str:
+    if scope not in SCOPES:
+        raise PeruError(f"Unknown scope {scope!r}; use one of: {', '.join(SCOPES)}.")
+    return scope
+
+
+def keep_count(d: int, keep: float) -> int:
+    """Entries kept out of ``d`` at ``keep`` percent: ``floor(d * keep / 100 + 1/2)``, within [0, d]."""
+    return min(d, max(0, int(math.floor(d * check_keep(keep) / 100.0 + 0.5))))
+
+
+def kth_largest_abs(x: np.ndarray, k: int, *, scratch: Optional[np.ndarray] = None) -> float:
+    """The k-th largest ``|x|`` (1 <= k <= len(x)) by one in-place ``numpy.partition`` of a scratch copy."""
+    buf = np.abs(x, out=scratch[: x.size] if scratch is not None else None)
+    buf.partition(x.size - k)
+    return float(buf[x.size - k])
+
+
+def _candidates(x: np.ndarray, thr: float) -> np.ndarray:
+    """Ascending flat positions with ``|x| >= thr``, in chunks (no full-size temporaries)."""
+    tmp = np.empty(min(CHUNK, x.size), dtype=x.dtype)
+    parts = []
+    for s in range(0, x.size, CHUNK):
+        a = np.abs(x[s:s + CHUNK], out=tmp[: min(CHUNK, x.size - s)])
+        parts.append(np.flatnonzero(a >= thr) + s)
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def _sorted_top(x: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k largest ``|x|``, by decreasing magnitude, ties to the lower position."""
+    if k <= 0:
+        return np.empty(0, np.int64)
+    thr = kth_largest_abs(x, k)
+    cand = _candidates(x, thr)  # all entries >= the k-th largest, ties included
+    mag = np.abs(x[cand])
+    if x.dtype == np.float32 and cand.size < 2**32:
+        # sort one uint64 key: |x| bits (monotone for non-negative floats) above the inverted position, so a
+        # single SIMD integer sort orders by magnitude, then by position (numpy's argsort is 10x slower here).
+        key = mag.view(np.uint32).astype(np.uint64)
+        key <<= np.uint64(32)
+        key |= _LOW - np.arange(cand.size, dtype=np.uint64)
+        key.sort()
+        pos = (_LOW - (key[::-1][:k] & _LOW)).astype(np.int64)
+    else:
+        pos = np.argsort(-mag, kind="stable")[:k]
+    return cand[pos]
+
+
+@dataclass(frozen=True, eq=False)
+class SparseDelta:
+    """A sparse task part: ``values`` at flat ``indices`` of ``layout`` (indices unique, in no particular order)."""
+
+    layout: Layout
+    indices: np.ndarray  # int64 flat positions
+    values: np.ndarray  # in the work dtype (float32, or float64 for float64 checkpoints)
+    keep: float
+    scope: str
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.size)
+
+    @property
+    def d(self) -> int:
+        return self.layout.size
+
+    def to_flat(self, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The dense delta as one flat vector."""
+        out = torch.zeros(self.d, dtype=torch.from_numpy(self.values[:0]).dtype) if out is None else out.zero_()
+        out[torch.from_numpy(self.indices)] = torch.from_numpy(self.values).to(out.dtype)
+        return out
+
+    def to_state_dict(self) -> StateDict:
+        """The dense delta per tensor (work dtype)."""
+        return unflatten(self.to_flat(), self.layout, cast=False)
+
+    def apply(self, shared: Mapping[str, torch.Tensor], *, out: Optional[torch.Tensor] = None) -> StateDict:
+        """``shared + delta`` over the layout's keys, in ``shared``'s dtypes. ``out``: a flat work buffer to reuse
+        (the returned tensors are then views of it)."""
+        dtype = work_dtype(self.layout.dtypes[0]) if self.layout.dtypes else torch.float32
+        flat = flatten(shared, self.layout, out=out if out is not None else torch.empty(self.d, dtype=dtype))
+        if self.nnz:
+            flat.index_add_(0, torch.from_numpy(self.indices), torch.from_numpy(self.values).to(flat.dtype))
+        return unflatten(flat, self.layout)
+
+    def stored_dtype(self) -> torch.dtype:
+        """The checkpoint dtype values are stored in (float32 when tensors differ)."""
+        ds = set(self.layout.dtypes)
+        return ds.pop() if len(ds) == 1 else torch.float32
+
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Tensors and metadata for :func:`peru_core.io.save_state_dict`: ascending ``indices`` (int32 when they
+        fit) and ``values`` in the stored dtype."""
+        order = np.argsort(self.indices, kind="stable")
+        idx = self.indices[order]
+        idx = idx.astype(np.int32) if self.d < 2**31 else idx
+        tensors = {"indices": torch.from_numpy(idx),
+                   "values": torch.from_numpy(self.values[order]).to(self.stored_dtype())}
+        meta = {"format": FORMAT, "keep": repr(self.keep), "scope": self.scope,
+                "layout": json.dumps(self.layout.to_json())}
+        return tensors, meta
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> "SparseDelta":
+        """Inverse of :meth:`to_tensors` (read the file with ``io.load_state_dict`` + ``io.load_metadata``)."""
+        if metadata.get("format") != FORMAT or "indices" not in tensors or "values" not in tensors:
+            raise PeruError("This file is not a PERU sparse task part; save one with `reuse` or the Export page.")
+        layout = Layout.from_json(json.loads(metadata["layout"]))
+        values = tensors["values"].to(work_dtype(tensors["values"].dtype)).numpy()
+        return cls(layout, tensors["indices"].numpy().astype(np.int64), values, float(metadata["keep"]),
+                   metadata["scope"])
+
+
+class TopM:
+    """Top-m% selector for one task vector: prepare once (for the largest m), then any m is a prefix.
+
+    ``vector`` is a flat work-dtype tensor laid out by ``layout`` (see :func:`peru_core.statedict.flat_difference`);
+    it is kept, not copied, so do not modify it while the selector is in use.
+    """
+
+    def __init__(self, vector: torch.Tensor, layout: Layout, scope: str = "global"):
+        if vector.dim() != 1 or vector.numel() != layout.size:
+            raise ValueError("vector must be flat and match the layout")
+        self.layout, self.scope = layout, check_scope(scope)
+        self.vector = vector.contiguous()
+        self._x = self.vector.numpy()
+        self._k: list[int] = []  # prepared count per segment (one segment for global)
+        self._order: list[np.ndarray] = []  # global flat positions by decreasing magnitude, per segment
+        self._vals: list[np.ndarray] = []
+
+    @classmethod
+    def of(cls, task_vector: Mapping[str, torch.Tensor], scope: str = "global") -> "TopM":
+        """From a state dict of differences (copied into one flat work-dtype vector)."""
+        layout = Layout.of(task_vector)
+        return cls(flatten(task_vector, layout), layout, scope)
+
+    def _segments(self) -> list[tuple[int, int]]:
+        if self.scope == "global":
+            return [(0, self.layout.size)]
+        return [(s, e) for _, s, e in self.layout.spans()]
+
+    def prepare(self, max_keep: float) -> None:
+        """Partition and sort the slice that serves every m <= ``max_keep`` (m = 100 needs no preparation)."""
+        segs = self._segments()
+        want = [keep_count(e - s, max_keep) for s, e in segs]
+        want = [k if k < e - s else 0 for k, (s, e) in zip(want, segs)]  # "keep all" needs no sort
+        if self._k and all(w <= k for w, k in zip(want, self._k)):
+            return
+        self._k = want
+        self._order = [_sorted_top(self._x[s:e], k) + s for k, (s, e) in zip(want, segs)]
+        self._vals = [self._x[o] for o in self._order]  # gathered once: every m then takes a prefix view
+
+    def select(self, keep: float) -> SparseDelta:
+        """The top-``keep``% entries (exactly ``keep_count`` per segment)."""
+        keep = check_keep(keep)
+        segs = self._segments()
+        counts = [keep_count(e - s, keep) for s, e in segs]
+        if any(k < e - s and (not self._k or k > self._k[i]) for i, (k, (s, e)) in enumerate(zip(counts, segs))):
+            self.prepare(keep)
+        idx, val = [], []
+        for i, (k, (s, e)) in enumerate(zip(counts, segs)):
+            full = k == e - s
+            idx.append(np.arange(s, e, dtype=np.int64) if full else self._order[i][:k])
+            val.append(self._x[s:e] if full else self._vals[i][:k])
+        if len(idx) == 1:
+            return SparseDelta(self.layout, idx[0], val[0], keep, self.scope)
+        return SparseDelta(self.layout, np.concatenate(idx), np.concatenate(val), keep, self.scope)
+
+    def sweep(self, keeps: Iterable[float]) -> Iterator[tuple[float, SparseDelta]]:
+        """``(m, top-m%)`` for every m, after one preparation for the largest."""
+        keeps = [check_keep(m) for m in keeps]
+        if keeps:
+            self.prepare(max(m for m in keeps if m < 100) if any(m < 100 for m in keeps) else 0.0)
+        for m in keeps:
+            yield m, self.select(m)
+
+
+def top_m(task_vector: Mapping[str, torch.Tensor], keep: float, scope: str = "global") -> SparseDelta:
+    """Keep the top-``keep``% entries of ``task_vector`` by magnitude (``global`` or ``per-tensor``)."""
+    return TopM.of(task_vector, scope).select(keep)

@@ -1,0 +1,147 @@
+"""Arithmetic on state dicts: task vectors, key checks, and a flat layout for whole-vector operations.
+
+Task vectors follow the task-arithmetic convention ``v_t = theta_t - theta_0`` over the keys a fine-tuned checkpoint
+holds (a zoo's checkpoints may hold only the tuned part of the model). PERU: https://arxiv.org/abs/2310.01886
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from peru_core.errors import PeruError
+from peru_core.types import StateDict
+
+# Elements per chunk in fused passes: large enough to amortise Python overhead, small enough to stay in cache.
+CHUNK = 1 << 20
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype arithmetic runs in: float64 stays float64, every other float type computes in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tuned_keys(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, torch.Tensor]]) -> list[str]:
+    """The keys every fine-tuned state dict holds (in the first one's order), checked against ``base``.
+
+    A cheap guard for the merge functions; full validation with one-sentence errors lives in :mod:`peru_core.io`.
+    """
+    if not finetuned:
+        raise PeruError("No fine-tuned models were given; pass at least one task.")
+    keys = list(finetuned[0].keys())
+    if not keys:
+        raise PeruError("The first fine-tuned checkpoint holds no tensors; pass a real checkpoint.")
+    for i, sd in enumerate(finetuned):
+        if set(sd.keys()) != set(keys):
+            raise PeruError(f"Fine-tuned checkpoint #{i + 1} holds different keys than #1; all tasks must tune the "
+                            "same tensors.")
+        for k in keys:
+            if k not in base:
+                raise PeruError(f"Fine-tuned key {k!r} is not in the base model; check that the checkpoints belong "
+                                "to this base.")
+            if sd[k].shape != base[k].shape:
+                raise PeruError(f"Tensor {k!r} has shape {tuple(sd[k].shape)} in fine-tuned checkpoint #{i + 1} "
+                                f"but {tuple(base[k].shape)} in the base; use checkpoints of the same architecture.")
+    return keys
+
+
+def task_vector(finetuned: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]) -> StateDict:
+    """``theta_t - theta_0`` over the fine-tuned keys, in the work dtype (float32 unless float64)."""
+    return {k: v.to(work_dtype(v.dtype)) - base[k].to(work_dtype(v.dtype)) for k, v in finetuned.items()}
+
+
+def add(shared: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor], scale: float = 1.0) -> StateDict:
+    """``shared + scale * delta`` over the keys of ``delta``, cast back to ``shared``'s dtypes."""
+    out: StateDict = {}
+    for k, d in delta.items():
+        s = shared[k]
+        out[k] = (s.to(work_dtype(s.dtype)) + scale * d.to(work_dtype(s.dtype))).to(s.dtype)
+    return out
+
+
+def numel(sd: Mapping[str, torch.Tensor], prefix: str = "") -> int:
+    """Number of values in ``sd`` (only keys starting with ``prefix``)."""
+    return sum(t.numel() for k, t in sd.items() if k.startswith(prefix))
+
+
+def nbytes(sd: Mapping[str, torch.Tensor], prefix: str = "") -> int:
+    """Bytes of ``sd`` in its stored dtypes (only keys starting with ``prefix``)."""
+    return sum(t.numel() * t.element_size() for k, t in sd.items() if k.startswith(prefix))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a state dict maps onto one flat vector: key order, shapes, dtypes and offsets."""
+
+    keys: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[torch.dtype, ...]
+    offsets: tuple[int, ...]  # len(keys) + 1; offsets[-1] is the total size
+
+    @classmethod
+    def of(cls, sd: Mapping[str, torch.Tensor], keys: Optional[Sequence[str]] = None) -> "Layout":
+        keys = tuple(sd.keys() if keys is None else keys)
+        sizes = [sd[k].numel() for k in keys]
+        return cls(keys, tuple(tuple(sd[k].shape) for k in keys), tuple(sd[k].dtype for k in keys),
+                   tuple(int(x) for x in np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])))
+
+    @property
+    def size(self) -> int:
+        return self.offsets[-1]
+
+    def spans(self) -> Iterator[tuple[str, int, int]]:
+        """``(key, start, stop)`` for every tensor."""
+        for i, k in enumerate(self.keys):
+            yield k, self.offsets[i], self.offsets[i + 1]
+
+    def key_of(self, flat_index: int) -> str:
+        """The key whose span holds ``flat_index``."""
+        return self.keys[int(np.searchsorted(self.offsets, flat_index, side="right")) - 1]
+
+    def to_json(self) -> dict:
+        return {"keys": list(self.keys), "shapes": [list(s) for s in self.shapes],
+                "dtypes": [str(d).removeprefix("torch.") for d in self.dtypes]}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Layout":
+        shapes = [tuple(int(x) for x in s) for s in obj["shapes"]]
+        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+        return cls(tuple(obj["keys"]), tuple(shapes), tuple(getattr(torch, d) for d in obj["dtypes"]),
+                   tuple(int(x) for x in np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])))
+
+
+def flatten(sd: Mapping[str, torch.Tensor], layout: Optional[Layout] = None, *, dtype: Optional[torch.dtype] = None,
+            out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Concatenate the tensors of ``sd`` (in ``layout`` order) into one 1-D tensor, optionally into ``out``."""
+    layout = layout or Layout.of(sd)
+    if out is None:
+        dtype = dtype or work_dtype(layout.dtypes[0] if layout.dtypes else torch.float32)
+        out = torch.empty(layout.size, dtype=dtype)
+    for k, a, b in layout.spans():
+        out[a:b].copy_(sd[k].reshape(-1))
+    return out
+
+
+def flat_difference(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], layout: Layout, *,
+                    out: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``flatten(a) - flatten(b)`` written straight into one buffer (no per-tensor temporaries)."""
+    if out is None:
+        out = torch.empty(layout.size, dtype=dtype)
+    for k, s, e in layout.spans():
+        x, y = a[k].reshape(-1), b[k].reshape(-1)
+        if x.dtype == out.dtype and y.dtype == out.dtype:
+            torch.sub(x, y, out=out[s:e])
+        else:
+            out[s:e].copy_(x).sub_(y.to(out.dtype))
+    return out
+
+
+def unflatten(vec: torch.Tensor, layout: Layout, *, cast: bool = True) -> StateDict:
+    """Split a flat vector back into tensors (views when no cast is needed)."""
+    out: StateDict = {}
+    for i, (k, s, e) in enumerate(layout.spans()):
+        t = vec[s:e].view(layout.shapes[i])
+        out[k] = t.to(layout.dtypes[i]) if cast and t.dtype != layout.dtypes[i] else t
+    return out

@@ -1,0 +1,295 @@
+"""Plotly figure builders over tidy result frames (no streamlit), for the dashboard and scripts.
+
+Input frames are those of ``peru_core.experiments.run_spec``: one row per (spec, task) with ``spec_key, label,
+method, mode, keep, rank, scope, task, accuracy (0-1), params, bytes, task_params, task_bytes``. The figures mirror
+the PERU paper (https://arxiv.org/abs/2310.01886): Table 1 (per-task accuracy), Figures 1/2/5-7 (accuracy against
+parameters and m%/q), Figures 3/4 (t-SNE).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from peru_core.viz_style import color_map, ordered, style, symbol_map
+
+REFERENCE_MODES = ("pretrained", "single-task")
+AXIS = {"params": "#params (shared + T x per task)", "bytes": "bytes (shared + T x per task, with indices)",
+        "task_params": "extra #params per task", "task_bytes": "extra bytes per task"}
+_SPEC_COLS = ("label", "method", "mode", "source", "merge", "keep", "rank", "scope", "params", "bytes",
+              "task_params", "task_bytes")
+
+
+def fmt_count(n: float) -> str:
+    """``1234567 -> '1.23M'`` (SI prefixes, as on the log axes)."""
+    for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def fmt_bytes(n: float) -> str:
+    """``1.5e6 -> '1.5 MB'`` (decimal units: 1 MB = 10^6 bytes)."""
+    return fmt_count(n).replace("k", " kB").replace("M", " MB").replace("G", " GB").replace("T", " TB") \
+        if abs(n) >= 1e3 else f"{n:.0f} B"
+
+
+# ---------------------------------------------------------------- tables
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per spec: its columns plus the average accuracy over tasks (first-seen order kept)."""
+    if df.empty:
+        return pd.DataFrame(columns=["spec_key", *_SPEC_COLS, "accuracy", "tasks"])
+    cols = [c for c in _SPEC_COLS if c in df.columns]
+    g = df.groupby("spec_key", sort=False)
+    out = g[cols].first()
+    out["accuracy"] = g["accuracy"].mean()
+    out["tasks"] = g["task"].nunique()
+    return out.reset_index()
+
+
+def accuracy_table(df: pd.DataFrame, tasks: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """The paper's Table 1 layout: a row per method, a column per task, then Avg, #params and bytes
+    (accuracies in percent)."""
+    if df.empty:
+        return pd.DataFrame()
+    tasks = list(tasks) if tasks is not None else list(dict.fromkeys(df["task"]))
+    acc = df.pivot_table(index="spec_key", columns="task", values="accuracy", sort=False) * 100.0
+    acc = acc.reindex(columns=tasks)
+    s = summary(df).set_index("spec_key")
+    acc["Avg"] = acc.mean(axis=1)
+    acc["#params"] = s["params"].map(fmt_count)
+    acc["bytes"] = s["bytes"].map(fmt_bytes)
+    acc["extra per task"] = s["task_bytes"].map(fmt_bytes)
+    acc.index = s.loc[acc.index, "label"].to_numpy()
+    acc.index.name = "method"
+    return acc
+
+
+def task_bars(df: pd.DataFrame, height: int = 380) -> go.Figure:
+    """Grouped bars of per-task accuracy (and the average), one colour per method family."""
+    rows = df[["label", "method", "task", "accuracy"]].copy()
+    avg = rows.groupby(["label", "method"], sort=False, as_index=False)["accuracy"].mean().assign(task="Avg")
+    rows = pd.concat([rows, avg], ignore_index=True)
+    rows["accuracy (%)"] = rows["accuracy"] * 100.0
+    labels = list(dict.fromkeys(rows["label"]))
+    fam = dict(zip(rows["label"], rows["method"]))
+    fig = px.bar(rows, x="task", y="accuracy (%)", color="label", barmode="group", height=height,
+                 color_discrete_map={lab: style(fam[lab]).color for lab in labels},
+                 category_orders={"label": labels}, hover_data={"method": True, "accuracy (%)": ":.2f"})
+    fig.update_layout(yaxis_range=[0, 100], legend_title_text="", margin=dict(t=30, b=10))
+    return fig
+
+
+# ---------------------------------------------------------------- trade-offs
+def pareto_mask(x: Sequence[float], y: Sequence[float]) -> np.ndarray:
+    """True where no other point has ``x' <= x`` and ``y' >= y`` with one strict (fewer params, more accuracy)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    le, ge = x[None, :] <= x[:, None], y[None, :] >= y[:, None]
+    strict = (x[None, :] < x[:, None]) | (y[None, :] > y[:, None])
+    return ~(le & ge & strict).any(axis=1)
+
+
+def _series(s: pd.DataFrame) -> pd.Series:
+    per = s["scope"].fillna("global").eq("per-tensor") if "scope" in s else False
+    return s["method"] + np.where(per, " (per-tensor)", "")
+
+
+def tradeoff(df: pd.DataFrame, x: str = "params", frontier: bool = True, highlight: Optional[str] = None,
+             height: int = 440) -> go.Figure:
+    """Average accuracy against ``x`` (``params`` or ``bytes``, log axis), one line per method family over its
+    m% / q settings; Pre-trained and Single-Task as dashed reference lines; the Pareto frontier marked.
+    ``highlight`` is a spec key drawn larger (the current setting)."""
+    s = summary(df)
+    s["accuracy (%)"] = s["accuracy"] * 100.0
+    s["series"] = _series(s)
+    s["setting"] = s["keep"].map(lambda k: f"m={k:g}%" if pd.notna(k) else "") + \
+        s["rank"].map(lambda r: f"q={int(r)}" if pd.notna(r) else "")
+    s = s.sort_values(x)
+    fams = ordered(s["method"])
+    fig = px.line(s, x=x, y="accuracy (%)", color="method", symbol="method", line_group="series", markers=True,
+                  log_x=True, height=height, custom_data=["spec_key"], hover_name="label",
+                  hover_data={"method": False, "setting": True, x: ":.4s", "accuracy (%)": ":.2f"},
+                  color_discrete_map=color_map(fams), symbol_map=symbol_map(fams), category_orders={"method": fams},
+                  labels={x: AXIS.get(x, x)})
+    fig.update_traces(marker_size=9)
+    for mode, dash in zip(REFERENCE_MODES, ("dot", "dash")):
+        ref = s[s["mode"] == mode]
+        for _, r in ref.iterrows():
+            fig.add_hline(y=r["accuracy (%)"], line_dash=dash, line_color=style(r["method"]).color, opacity=0.6,
+                          annotation_text=f"{r['label']} {r['accuracy (%)']:.1f}%", annotation_position="bottom right")
+    if frontier and len(s) > 1:
+        f = s[pareto_mask(s[x], s["accuracy (%)"])].sort_values(x)
+        fig.add_trace(go.Scatter(x=f[x], y=f["accuracy (%)"], mode="lines", line_shape="hv", name="Pareto frontier",
+                                 line=dict(color="rgba(0,0,0,0.35)", width=6), hoverinfo="skip"))
+    if highlight is not None and (s["spec_key"] == highlight).any():
+        h = s[s["spec_key"] == highlight]
+        fig.add_trace(go.Scatter(x=h[x], y=h["accuracy (%)"], mode="markers", name="current setting",
+                                 marker=dict(size=20, color="rgba(0,0,0,0)", line=dict(color="black", width=2))))
+    fig.update_xaxes(dtick=1, tickformat="~s", ticksuffix="B" if "bytes" in x else "")
+    fig.update_layout(legend_title_text="", margin=dict(t=30, b=10))
+    return fig
+
+
+def knob_curve(df: pd.DataFrame, knob: str = "keep", height: int = 400) -> go.Figure:
+    """Average accuracy against m% (``knob="keep"``, Figure 7) or q (``"rank"``, Figure 6), one line per family,
+    with Pre-trained and Single-Task as reference lines."""
+    s = summary(df)
+    s["accuracy (%)"] = s["accuracy"] * 100.0
+    refs = s[s["mode"].isin(REFERENCE_MODES)]
+    s = s[s[knob].notna()].copy()
+    s["series"] = _series(s)
+    s = s.sort_values(knob)
+    fams = ordered(s["method"])
+    title = "m: top-m% kept per task" if knob == "keep" else "q: rank kept per LoRA matrix"
+    fig = px.line(s, x=knob, y="accuracy (%)", color="method", symbol="method", line_group="series", markers=True,
+                  height=height, hover_name="label", color_discrete_map=color_map(fams), symbol_map=symbol_map(fams),
+                  category_orders={"method": fams}, labels={knob: title})
+    for mode, dash in zip(REFERENCE_MODES, ("dot", "dash")):
+        for _, r in refs[refs["mode"] == mode].iterrows():
+            fig.add_hline(y=r["accuracy (%)"], line_dash=dash, line_color=style(r["method"]).color, opacity=0.6,
+                          annotation_text=f"{r['label']} {r['accuracy (%)']:.1f}%", annotation_position="bottom right")
+    fig.update_layout(legend_title_text="", margin=dict(t=30, b=10))
+    return fig
+
+
+def per_task_tradeoff(df: pd.DataFrame, x: str = "params", wrap: int = 3, height: int = 520) -> go.Figure:
+    """Accuracy against ``x`` for each task (a panel per task); same styles as :func:`tradeoff`."""
+    d = df.copy()
+    d["accuracy (%)"] = d["accuracy"] * 100.0
+    d["series"] = _series(d)
+    d = d.sort_values(x)
+    fams = ordered(d["method"])
+    fig = px.line(d, x=x, y="accuracy (%)", color="method", symbol="method", line_group="series", markers=True,
+                  facet_col="task", facet_col_wrap=wrap, log_x=True, height=height, hover_name="label",
+                  color_discrete_map=color_map(fams), symbol_map=symbol_map(fams),
+                  category_orders={"method": fams}, labels={x: AXIS.get(x, x)})
+    fig.update_xaxes(dtick=1, tickformat="~s")
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    fig.update_layout(legend_title_text="", margin=dict(t=30, b=10))
+    return fig
+
+
+def best_under_budget(df: pd.DataFrame, budget_mb: float, exclude_modes: Sequence[str] = ()) -> Optional[pd.Series]:
+    """The computed setting with the highest average accuracy whose extra bytes per task fit ``budget_mb``
+    (1 MB = 10^6 bytes); ties go to the smaller part. None when nothing fits."""
+    s = summary(df)
+    s = s[~s["mode"].isin(exclude_modes) & (s["task_bytes"] <= budget_mb * 1e6 + 1e-9)]
+    if s.empty:
+        return None
+    return s.sort_values(["accuracy", "task_bytes"], ascending=[False, True]).iloc[0]
+
+
+def budget_sentence(df: pd.DataFrame, budget_mb: float) -> str:
+    """The budget question answered in one sentence, against Single-Task when it is computed."""
+    best = best_under_budget(df, budget_mb)
+    if best is None:
+        return (f"No computed setting fits in {budget_mb:g} MB extra per task; raise the budget or compute "
+                "smaller settings (lower m% or q).")
+    s = summary(df)
+    single = s[s["mode"] == "single-task"]
+    ref = (f" (Single-Task: {single['accuracy'].max() * 100:.1f}%)" if not single.empty else "")
+    return (f"With {budget_mb:g} MB extra per task, **{best['label']}** keeps the most accuracy: "
+            f"{best['accuracy'] * 100:.1f}% on average{ref}, using {fmt_bytes(best['task_bytes'])} per task.")
+
+
+# ---------------------------------------------------------------- spectra
+def energy_curves(spectra: pd.DataFrame, by: Optional[str] = "layer") -> pd.DataFrame:
+    """From tidy singular values (columns ``index`` 1..r within each matrix, ``sigma``, and ``by``): for q = 0..r
+    the kept energy E(q) = sum_{i<=q} s_i^2 / sum_i s_i^2 and the relative Frobenius error of the rank-q
+    truncation sqrt(1 - E(q)). Matrices in one group are truncated together (same q), so their s_i^2 add up;
+    ``by=None`` pools everything (one q for every layer, as PERU-LoRA uses)."""
+    d = spectra.assign(s2=spectra["sigma"].astype(float) ** 2)
+    groups = d.groupby(by, sort=False) if by else [("all", d)]
+    out = []
+    for name, g in groups:
+        s2 = g.groupby("index")["s2"].sum().sort_index().to_numpy()
+        total = s2.sum()
+        energy = np.clip(np.concatenate([[0.0], np.cumsum(s2)]) / (total if total > 0 else 1.0), 0.0, 1.0)
+        out.append(pd.DataFrame({by or "group": name, "q": np.arange(len(energy)), "energy": energy,
+                                 "relative error": np.sqrt(1.0 - energy)}))
+    return pd.concat(out, ignore_index=True)
+
+
+def spectrum(spectra: pd.DataFrame, color: str = "layer", height: int = 380) -> go.Figure:
+    """Singular values against their index (log y), one line per ``color`` (layer or task)."""
+    fig = px.line(spectra, x="index", y="sigma", color=color, log_y=True, markers=True, height=height,
+                  labels={"index": "index i", "sigma": "singular value s_i"})
+    fig.update_layout(margin=dict(t=30, b=10))
+    return fig
+
+
+def energy_figure(curves: pd.DataFrame, q: int, by: str = "layer", height: int = 380) -> go.Figure:
+    """Cumulative energy and relative approximation error against q, with the current q marked."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("kept energy", "relative error ||M - M_q|| / ||M||"))
+    col = by if by in curves else "group"
+    palette = px.colors.qualitative.Plotly
+    for i, (name, g) in enumerate(curves.groupby(col, sort=False)):
+        c = palette[i % len(palette)]
+        fig.add_trace(go.Scatter(x=g["q"], y=g["energy"], name=str(name), line_color=c, legendgroup=str(name)), 1, 1)
+        fig.add_trace(go.Scatter(x=g["q"], y=g["relative error"], name=str(name), line_color=c,
+                                 legendgroup=str(name), showlegend=False), 1, 2)
+    for c in (1, 2):
+        fig.add_vline(x=q, line_dash="dash", line_color="black", row=1, col=c)
+    fig.add_annotation(x=q, y=1.0, text=f"q={q}", showarrow=False, xanchor="left", row=1, col=1)
+    fig.update_xaxes(title_text="q")
+    fig.update_yaxes(range=[0, 1.02])
+    fig.update_layout(height=height, margin=dict(t=40, b=10))
+    return fig
+
+
+def magnitude_histogram(values: np.ndarray, threshold: float, bins: int = 80, title: str = "",
+                        height: int = 340) -> go.Figure:
+    """Histogram of |u_t| over log10 magnitude (uniform bins, fast for 10^8 values) with the top-m% threshold
+    marked: entries at or above it (red) are the task part that is kept."""
+    a = np.abs(np.asarray(values, dtype=np.float32).ravel())
+    a = a[a > 0]
+    if a.size == 0:
+        return go.Figure().update_layout(title="all entries are zero", height=height)
+    logs = np.log10(a)
+    edges = np.linspace(float(logs.min()), float(logs.max()) + 1e-6, bins + 1)
+    keep = a >= threshold  # the same test as top-m% selection, so the kept bars count exactly the kept entries
+    fig = go.Figure()
+    for name, part, color in (("dropped", ~keep, "#9aa5b1"), ("kept (top m%)", keep, "#d62728")):
+        counts, _ = np.histogram(logs[part], bins=edges)
+        fig.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), name=name,
+                             marker_color=color, customdata=10 ** ((edges[:-1] + edges[1:]) / 2),
+                             hovertemplate="|u| ~ %{customdata:.3g}: %{y} entries"))
+    fig.update_layout(barmode="stack")
+    if threshold > 0:
+        fig.add_vline(x=float(np.log10(threshold)), line_dash="dash", line_color="black",
+                      annotation_text=f"threshold {threshold:.3g}", annotation_position="top right")
+    # A linear axis over log10|u| (bars on plotly's log axes misplace their widths), labelled in powers of ten.
+    ticks = np.arange(np.floor(edges[0]), np.ceil(edges[-1]) + 1)
+    fig.update_xaxes(title_text="|entry| (log scale)", tickvals=ticks, ticktext=[f"1e{int(t)}" for t in ticks])
+    fig.update_yaxes(title_text="entries")
+    fig.update_layout(title=title, height=height, margin=dict(t=40, b=10), legend_title_text="")
+    return fig
+
+
+# ---------------------------------------------------------------- embeddings
+def tsne_scatter(points: pd.DataFrame, title: str, classes: Sequence[str], height: int = 330) -> go.Figure:
+    """One t-SNE panel (columns ``x, y, class``); ``classes`` fixes the colour of each class across panels."""
+    fig = px.scatter(points, x="x", y="y", color="class", category_orders={"class": list(classes)},
+                     color_discrete_sequence=px.colors.qualitative.Dark24, height=height, title=title,
+                     hover_data={"x": False, "y": False})
+    fig.update_traces(marker_size=6)
+    fig.update_xaxes(showticklabels=False, title_text="")
+    fig.update_yaxes(showticklabels=False, title_text="")
+    fig.update_layout(margin=dict(t=40, b=0, l=0, r=0), legend_title_text="")
+    return fig
+
+
+def cluster_quality_bars(quality: pd.DataFrame, height: int = 300) -> go.Figure:
+    """Silhouette and k-NN accuracy per panel (columns ``panel, method, silhouette, knn_accuracy``)."""
+    q = quality.melt(id_vars=["panel", "method"], value_vars=["silhouette", "knn_accuracy"], var_name="measure")
+    fams = ordered(q["method"])
+    panel_fam = dict(zip(quality["panel"], quality["method"]))
+    fig = px.bar(q, x="measure", y="value", color="panel", barmode="group", height=height,
+                 color_discrete_map={p: style(panel_fam[p]).color for p in quality["panel"]},
+                 category_orders={"panel": list(quality["panel"]), "method": fams})
+    fig.update_layout(legend_title_text="", margin=dict(t=30, b=10), yaxis_range=[min(0, q["value"].min()), 1])
+    return fig

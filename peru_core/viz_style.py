@@ -1,0 +1,88 @@
+"""One style (colour + marker) per method family, so a method keeps its look on every page and when others
+are hidden. Families are the ``RunSpec.method_label`` strings (``"Task Arithmetic"``, ``"PERU-FFT (TIES-Merging)"``,
+``"Single-Task [LoRA]"``); see https://arxiv.org/abs/2310.01886 for the methods.
+
+The table matches families by keyword, so a merge method added to the registry gets its own colour without an edit
+here (unknown ones draw from a spare palette, stably by name).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Style:
+    color: str
+    symbol: str  # a plotly marker symbol
+    rank: int  # position in legends (category order)
+
+
+# keyword in the lower-cased label -> (colour, marker, order). Checked in this order; the first match wins.
+_MERGES: tuple[tuple[str, str, str], ...] = (
+    ("arithmetic", "#1f77b4", "circle"),
+    ("ties", "#9467bd", "diamond"),
+    ("fisher", "#8c564b", "triangle-up"),
+    ("regmean", "#17becf", "square"),
+    ("average", "#7f7f7f", "pentagon"),
+    ("mean", "#7f7f7f", "pentagon"),
+)
+# PERU-FFT keeps the inner merge's marker and takes a warm shade, so "PERU-FFT (X)" reads as "X, plus task parts".
+_PERU_FFT_SHADES = ("#d62728", "#ff7f0e", "#e377c2", "#bcbd22", "#a0522d", "#ff9896")
+_FIXED: dict[str, Style] = {
+    "pre-trained": Style("#555555", "x", 0),
+    "single-task": Style("#000000", "star", 1),
+    "post-pruning": Style("#2ca02c", "triangle-down", 40),
+    "peru-lora": Style("#e6007e", "hexagon", 60),
+}
+_SPARE = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#31a354", "#756bb1")
+
+
+def _spare(label: str) -> str:
+    # Stable across runs and processes (Python's hash() is salted).
+    return _SPARE[int(hashlib.md5(label.encode()).hexdigest(), 16) % len(_SPARE)]
+
+
+def _merge_style(low: str) -> tuple[int, str, str] | None:
+    for i, (kw, color, symbol) in enumerate(_MERGES):
+        if kw in low:
+            return i, color, symbol
+    return None
+
+
+def style(family: str) -> Style:
+    """The colour, marker and legend position of a method family (``RunSpec.method_label``)."""
+    low = family.lower()
+    lora = "[lora]" in low
+    base = low.replace("[lora]", "").strip()
+    if base in _FIXED:
+        s = _FIXED[base]
+        return Style(s.color, s.symbol + ("-open" if lora else ""), s.rank + (1 if lora else 0))
+    if base.startswith("peru-lora"):
+        return _FIXED["peru-lora"]
+    if base.startswith("peru-fft"):
+        found = _merge_style(base)
+        i = found[0] if found else len(_MERGES)
+        return Style(_PERU_FFT_SHADES[i % len(_PERU_FFT_SHADES)] if found else _spare(family),
+                     found[2] if found else "circle", 50 + i)
+    found = _merge_style(base)
+    if found:
+        i, color, symbol = found
+        return Style(color, symbol + ("-open" if lora else ""), 10 + 2 * i + (1 if lora else 0))
+    return Style(_spare(family), "circle-open" if lora else "circle", 30)
+
+
+def color_map(families: Iterable[str]) -> dict[str, str]:
+    """``color_discrete_map`` for plotly express."""
+    return {f: style(f).color for f in families}
+
+
+def symbol_map(families: Iterable[str]) -> dict[str, str]:
+    """``symbol_map`` for plotly express."""
+    return {f: style(f).symbol for f in families}
+
+
+def ordered(families: Iterable[str]) -> list[str]:
+    """Families in legend order (references first, merges, Post-Pruning, PERU-FFT, PERU-LoRA); ties by name."""
+    return sorted(set(families), key=lambda f: (style(f).rank, f))

@@ -1,0 +1,102 @@
+"""Per-task fine-tuning of the image tower with the frozen zero-shot head: full and LoRA (PEFT).
+
+The optimiser is the one the feasibility run chose (design.md section 4; docs/zoo.md): SGD with momentum 0.9,
+lr 0.02, gradient clipping at 1.0, 300 steps of batch 128. With it the task vectors concentrate their mass in few
+entries, so sparse reuse (Post-Pruning, PERU-FFT of https://arxiv.org/abs/2310.01886) behaves as in the paper.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from peru_core.data import preprocess_uint8
+from peru_core.types import StateDict
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    steps: int = 300
+    batch: int = 128
+    lr: float = 0.02
+    momentum: float = 0.9
+    clip: float = 1.0
+    warmup: int = 15
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LoraConfigSpec:
+    rank: int = 16
+    alpha: float = 16.0
+    lr: float = 0.05  # LoRA factors start at B = 0 and need a larger step than full weights
+
+
+def _lr(step: int, base: float, cfg: FinetuneConfig) -> float:
+    if step < cfg.warmup:
+        return base * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _train(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], head: torch.Tensor, x: np.ndarray,
+           y: np.ndarray, image_size: int, mean, std, cfg: FinetuneConfig, lr: float) -> None:
+    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum)
+    model.train()
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, lr, cfg)
+        idx = rng.integers(0, len(x), size=cfg.batch)
+        xb = preprocess_uint8(x[idx], image_size, mean, std)
+        logits = F.normalize(model.encode_image(xb), dim=-1) @ head.T
+        loss = F.cross_entropy(logits, torch.as_tensor(y[idx]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+        opt.step()
+    model.eval()
+
+
+def finetune_full(model: torch.nn.Module, head: torch.Tensor, x: np.ndarray, y: np.ndarray, image_size: int,
+                  mean, std, cfg: FinetuneConfig, prefix: str = "visual.") -> StateDict:
+    """Fine-tune every image-tower parameter of a copy of ``model``; return its ``prefix`` tensors."""
+    m = copy.deepcopy(model)
+    m.requires_grad_(False)
+    m.visual.requires_grad_(True)
+    _train(m, list(m.visual.parameters()), head, x, y, image_size, mean, std, cfg, cfg.lr)
+    return {k: v.detach().clone().contiguous() for k, v in m.state_dict().items() if k.startswith(prefix)}
+
+
+def lora_targets(model: torch.nn.Module) -> list[str]:
+    """Full names of the image tower's nn.Linear layers that run their own forward.
+
+    ``attn.out_proj`` is an nn.Linear too, but nn.MultiheadAttention reads its weight directly and never calls it,
+    so a LoRA wrapper there would stay inert; LoRA sits on the MLP layers (``mlp.c_fc``, ``mlp.c_proj``).
+    """
+    return [f"visual.{n}" for n, mod in model.visual.named_modules()
+            if isinstance(mod, torch.nn.Linear) and not n.endswith("attn.out_proj")]
+
+
+def finetune_lora(model: torch.nn.Module, head: torch.Tensor, x: np.ndarray, y: np.ndarray, image_size: int,
+                  mean, std, cfg: FinetuneConfig, lora: LoraConfigSpec, out_dir: Path) -> torch.nn.Module:
+    """LoRA fine-tune of a copy of ``model`` with PEFT; writes PEFT's adapter files into ``out_dir`` and returns the
+    PEFT model (for evaluation)."""
+    from peft import LoraConfig, get_peft_model
+
+    m = copy.deepcopy(model)
+    m.requires_grad_(False)
+    torch.manual_seed(cfg.seed)  # PEFT draws lora_A from the global generator
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=0.0, bias="none",
+                        target_modules=lora_targets(m))
+    peft_model = get_peft_model(m, config)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    _train(peft_model.base_model.model, params, head, x, y, image_size, mean, std, cfg, lora.lr)
+    peft_model.save_pretrained(str(out_dir))
+    return peft_model

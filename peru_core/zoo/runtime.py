@@ -1,0 +1,170 @@
+"""A loaded zoo, ready to evaluate: one model, base weights read once, heads and test tensors cached.
+
+Every reuse method of PERU (https://arxiv.org/abs/2310.01886) ends in "evaluate this tuned state dict on task t";
+:class:`ZooRuntime` makes that call cheap: the state dict is copied into the existing parameters (no rebuild), the
+frozen heads come from the never-tuned text tower once per task, and test sets are preprocessed once.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from peru_core.data import load_task_data
+from peru_core.device import default_device
+from peru_core.errors import PeruError
+from peru_core.evaluate import DEFAULT_BATCH, accuracy_of, image_features, load_tuned, predict
+from peru_core.models import create_clip, get_tokenizer, image_size, zero_shot_head
+from peru_core.types import StateDict
+from peru_core.zoo.manifest import TaskSpec, Zoo
+
+TaskRef = int | str
+
+
+def read_safetensors(path: Any) -> StateDict:
+    """All tensors of a safetensors file on the CPU; a clear error when it is not one."""
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PeruError(f"{path} is not a readable safetensors file ({e}); rebuild or replace it.") from None
+
+
+class ZooRuntime:
+    """Evaluate tuned state dicts (keys under ``zoo.tuned_prefix``) on the tasks of ``zoo``.
+
+    Thread-safe: one lock serialises loads into the shared model. Returned state dicts are shared caches:
+    treat them as read-only (build new tensors, never modify them in place).
+    """
+
+    def __init__(self, zoo: Zoo, device: Optional[str] = None, batch_size: int = DEFAULT_BATCH) -> None:
+        self.zoo = zoo
+        self.device = torch.device(device or default_device())
+        self.batch_size = batch_size
+        self.prefix = zoo.tuned_prefix
+        self._lock = threading.RLock()
+        self.model = create_clip(zoo.architecture, zoo.model_config, self.device)
+        full = read_safetensors(zoo.base)
+        missing, unexpected = self.model.load_state_dict(full, strict=False)
+        if missing or unexpected:
+            what = f"lacks {missing[0]!r}" if missing else f"has an unexpected key {unexpected[0]!r}"
+            raise PeruError(f"Base checkpoint {zoo.base.name} {what} for architecture {zoo.architecture!r}; "
+                            "use weights saved from that architecture.")
+        self.model.requires_grad_(False)
+        self._base: StateDict = {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()
+                                 if k.startswith(self.prefix)}
+        if not self._base:
+            raise PeruError(f"No model parameter starts with the zoo's tuned_prefix {self.prefix!r}; fix zoo.json.")
+        self.tokenizer = get_tokenizer(zoo.architecture)
+        self.image_size = image_size(self.model)
+        self._heads: dict[str, torch.Tensor] = {}
+        self._data: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._finetuned: dict[str, StateDict] = {}
+        self._adapters: dict[str, Any] = {}
+
+    # --- tasks and checkpoints ---------------------------------------------------------------------------
+    def spec(self, task: TaskRef) -> TaskSpec:
+        """The manifest entry of ``task`` (its name or index)."""
+        if isinstance(task, int):
+            if not 0 <= task < len(self.zoo.tasks):
+                raise PeruError(f"Task index {task} is out of range; the zoo has {len(self.zoo.tasks)} tasks.")
+            return self.zoo.tasks[task]
+        return self.zoo.task(task)
+
+    @property
+    def tuned_keys(self) -> list[str]:
+        return list(self._base)
+
+    def base_state(self) -> StateDict:
+        """The pre-trained tuned part theta_0 (CPU float tensors, shared: do not modify in place)."""
+        return dict(self._base)
+
+    def finetuned(self, task: TaskRef) -> StateDict:
+        """The full fine-tune theta_t of ``task`` (only the tuned keys; cached; do not modify in place)."""
+        spec = self.spec(task)
+        if spec.name not in self._finetuned:
+            if spec.finetuned is None:
+                raise PeruError(f"Task {spec.name!r} has no full fine-tune in this zoo; add 'finetuned' to zoo.json.")
+            sd = read_safetensors(spec.finetuned)
+            missing = [k for k in self._base if k not in sd]
+            extra = [k for k in sd if k not in self._base]
+            if missing or extra:
+                what = f"lacks {missing[0]!r}" if missing else f"has {extra[0]!r}, outside the tuned part"
+                raise PeruError(f"Fine-tune {spec.finetuned.name} of task {spec.name!r} {what}; save exactly the "
+                                f"'{self.prefix}' tensors of the zoo's architecture.")
+            self._finetuned[spec.name] = {k: sd[k].float() for k in self._base}
+        return dict(self._finetuned[spec.name])
+
+    def adapter(self, task: TaskRef) -> Any:
+        """The LoRA adapter of ``task`` as read by :func:`peru_core.io.load_lora_adapter` (cached)."""
+        spec = self.spec(task)
+        if spec.name not in self._adapters:
+            if spec.lora is None:
+                raise PeruError(f"Task {spec.name!r} has no LoRA adapter in this zoo; add 'lora' to zoo.json.")
+            from peru_core.io import load_lora_adapter
+
+            self._adapters[spec.name] = load_lora_adapter(spec.lora)
+        return self._adapters[spec.name]
+
+    # --- data and heads ----------------------------------------------------------------------------------
+    def head(self, task: TaskRef) -> torch.Tensor:
+        """The frozen zero-shot head of ``task`` (classes x embed_dim, on the runtime's device)."""
+        spec = self.spec(task)
+        if spec.name not in self._heads:
+            with self._lock:  # the text tower is never tuned, so the visual weights loaded now do not matter
+                self._heads[spec.name] = zero_shot_head(self.model, self.tokenizer, spec.classes, spec.templates,
+                                                        self.device)
+        return self._heads[spec.name]
+
+    def data(self, task: TaskRef, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        """Preprocessed images and labels of ``split`` ("test" or "validation"), cached."""
+        spec = self.spec(task)
+        key = (spec.name, split)
+        if key not in self._data:
+            ref = spec.test if split == "test" else spec.validation if split == "validation" else None
+            if ref is None:
+                raise PeruError(f"Task {spec.name!r} has no {split} data; add '{split}' to zoo.json.")
+            x, y = load_task_data(ref, spec.classes, self.image_size, mean=self.zoo.image_mean or None,
+                                  std=self.zoo.image_std or None)
+            if self.device.type == "cuda" and x.numel() * 4 < (1 << 30):
+                x = x.to(self.device)  # small sets live on the GPU: no copy per evaluation
+            self._data[key] = (x, y)
+        return self._data[key]
+
+    # --- evaluation --------------------------------------------------------------------------------------
+    def load(self, tuned: StateDict) -> torch.nn.Module:
+        """Copy ``tuned`` into the model (missing tuned keys take the base value) and return the model.
+        Hold ``runtime.lock`` while using the model after this call."""
+        load_tuned(self.model, tuned, self.prefix, self._base)
+        return self.model
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
+
+    def predictions(self, tuned: StateDict, task: TaskRef, split: str = "test") -> np.ndarray:
+        """Predicted class index per image of ``task``'s ``split`` set."""
+        x, _ = self.data(task, split)
+        head = self.head(task)
+        with self._lock:
+            self.load(tuned)
+            return predict(self.model, head, x, batch_size=self.batch_size).numpy()
+
+    def accuracy(self, tuned: StateDict, task: TaskRef, split: str = "test") -> float:
+        """Top-1 accuracy in [0, 1] of ``tuned`` on ``task``'s held-out ``split`` set."""
+        _, y = self.data(task, split)
+        return accuracy_of(torch.from_numpy(self.predictions(tuned, task, split)), y)
+
+    def features(self, tuned: StateDict, task: TaskRef, limit: Optional[int] = None,
+                 split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+        """Normalized image embeddings (N x D float32) and labels of the first ``limit`` test images."""
+        x, y = self.data(task, split)
+        if limit is not None:
+            x, y = x[:limit], y[:limit]
+        with self._lock:
+            self.load(tuned)
+            feats = image_features(self.model, x, batch_size=self.batch_size, device=self.device)
+        return feats.cpu().numpy(), y.numpy()

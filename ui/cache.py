@@ -1,0 +1,96 @@
+"""Cached wrappers: one ZooRuntime per (zoo folder, content hash, device); result frames keyed by spec keys.
+
+``st.cache_resource`` holds the runtime (a model and checkpoints: shared, never modified); ``st.cache_data`` holds
+small results (DataFrames). Tensors never key a cache: the zoo's content hash and the spec keys do.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import streamlit as st
+
+from peru_core.spec import RunSpec
+from peru_core.store import ResultsStore
+from peru_core.zoo.manifest import Zoo, load_zoo
+
+
+def _signature(zoo: Zoo) -> tuple:
+    # Size and modification time of every file: hashing gigabytes again on each rerun would cost seconds.
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in zoo.files())
+
+
+@st.cache_data(show_spinner="Hashing the zoo's files…", max_entries=64)
+def _content_hash(root: str, signature: tuple) -> str:
+    return load_zoo(root).content_hash()
+
+
+def zoo_hash(zoo: Zoo) -> str:
+    """The zoo's content hash (SHA-256 of its files), recomputed only when a file's size or mtime changes."""
+    return _content_hash(str(zoo.root), _signature(zoo))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_zoo_cached(root: str, manifest_mtime: int) -> Zoo:
+    return load_zoo(root)
+
+
+def zoo_at(root: str | Path) -> Zoo:
+    """The parsed manifest of a zoo folder (re-read when zoo.json changes)."""
+    root = Path(root)
+    mf = root / "zoo.json"
+    return load_zoo_cached(str(root.resolve()), mf.stat().st_mtime_ns if mf.is_file() else 0)
+
+
+@st.cache_resource(show_spinner="Loading the zoo's model and checkpoints…", max_entries=3)
+def runtime(root: str, content_hash: str, device: str):
+    """The shared :class:`ZooRuntime` (model, checkpoints, heads, test data) for a zoo on a device."""
+    from peru_core.zoo.runtime import ZooRuntime
+
+    return ZooRuntime(load_zoo(root), device)
+
+
+def store() -> ResultsStore:
+    """The results store in ``$PERU_HOME`` (cheap to open: SQLite, one connection per call)."""
+    return ResultsStore()
+
+
+def missing(rt, specs: Sequence[RunSpec], content_hash: str) -> list[RunSpec]:
+    """The specs whose rows the store lacks for some task of the zoo."""
+    s, tasks = store(), rt.zoo.task_names
+    return [sp for sp in specs if s.get(content_hash, sp.key(), tasks) is None]
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def _frame(content_hash: str, keys: tuple[str, ...], _rt) -> pd.DataFrame:
+    from peru_core import experiments
+
+    return experiments.run_specs(_rt, [RunSpec.from_key(k) for k in keys], store=store())
+
+
+def results(rt, specs: Sequence[RunSpec], content_hash: str) -> pd.DataFrame:
+    """Rows of specs that are all stored (no compute: a moved slider comes back at once); call
+    :func:`missing` first and :func:`compute` for what is not."""
+    return _frame(content_hash, tuple(sp.key() for sp in specs), rt)
+
+
+def compute(rt, specs: Sequence[RunSpec], what: str = "Computing") -> pd.DataFrame:
+    """Compute (and store) the specs with a progress bar; the experiments module serialises GPU work."""
+    from peru_core import experiments
+
+    bar = st.progress(0.0, text=f"{what}…")
+
+    def on_progress(fraction: float, message: str) -> None:
+        bar.progress(min(max(fraction, 0.0), 1.0), text=f"{what}: {message}")
+
+    try:
+        return experiments.run_specs(rt, list(specs), store=store(), on_progress=on_progress)
+    finally:
+        bar.empty()
+
+
+def clear_all() -> None:
+    """Forget every cached runtime and frame (tests; a zoo edited on disk)."""
+    st.cache_data.clear()
+    st.cache_resource.clear()

@@ -1,0 +1,92 @@
+"""The sidebar on every page: which zoo (demo, a folder on disk, one created by upload) and which device."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from peru_core.device import available_devices
+from peru_core.errors import PeruError
+from peru_core.store import peru_home
+from peru_core.zoo.manifest import DEMO_ZOO, Zoo
+from ui import cache, state
+from ui.page import user_errors
+
+KINDS = {"demo": "Demo zoo", "folder": "A zoo folder on disk", "uploaded": "A zoo created by upload"}
+
+
+def demo_root() -> Path:
+    """The demo zoo (``$PERU_DEMO_ZOO`` overrides ``assets/zoo``: tests and fresh builds)."""
+    return Path(os.environ.get("PERU_DEMO_ZOO") or DEMO_ZOO)
+
+
+def uploaded_zoos() -> dict[str, Path]:
+    """Zoos saved by the Upload page: ``$PERU_HOME/zoos/<name>/zoo.json``."""
+    root = peru_home() / "zoos"
+    return {p.parent.name: p.parent for p in sorted(root.glob("*/zoo.json"))} if root.is_dir() else {}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a page works on: the zoo, its content hash and the device."""
+
+    zoo: Zoo
+    zoo_hash: str
+    device: str
+
+    @property
+    def runtime(self):
+        """The cached :class:`ZooRuntime` (loads the model on first use)."""
+        return cache.runtime(str(self.zoo.root), self.zoo_hash, self.device)
+
+
+def _pick_root() -> Path | None:
+    sb = st.sidebar
+    kind = state.kept(sb.radio, "Zoo", key=state.ZOO_KIND, options=list(KINDS), format_func=KINDS.get, index=0)
+    if kind == "folder":
+        folder = state.kept(sb.text_input, "Zoo folder (holding zoo.json)", key=state.ZOO_FOLDER, value="",
+                            placeholder="/data/my_zoo")
+        if not folder.strip():
+            sb.info("Type the path of a folder that holds a zoo.json.")
+            return None
+        return Path(folder.strip()).expanduser()
+    if kind == "uploaded":
+        zoos = uploaded_zoos()
+        if not zoos:
+            sb.info("No uploaded zoo yet: create one on the Upload page.")
+            return None
+        name = state.kept(sb.selectbox, "Uploaded zoo", key=state.ZOO_UPLOADED, options=list(zoos))
+        return zoos[name]
+    return demo_root()
+
+
+def context(required: bool = True) -> Context | None:
+    """Draw the sidebar and return the chosen zoo and device; with ``required`` stop the page (one sentence)
+    when no zoo can be loaded."""
+    st.sidebar.markdown("**PERU Studio**")
+    root = _pick_root()
+    devices = available_devices()
+    device = state.kept(st.sidebar.selectbox, "Device", key=state.DEVICE, options=devices, index=0,
+                        help="Where merges and evaluations run: the GPU when there is one, else the CPU.")
+    if root is None:
+        if required:
+            st.info("Pick a zoo in the sidebar to start.")
+            st.stop()
+        return None
+    try:
+        zoo = cache.zoo_at(root)
+        ctx = Context(zoo, cache.zoo_hash(zoo), device)
+    except PeruError as e:
+        if not required:
+            st.sidebar.warning(str(e))
+            return None
+        with user_errors():
+            raise e
+    except OSError as e:  # a file vanished between listing and hashing
+        st.error(f"Could not read the zoo at {root} ({e.strerror}); check the folder and try again.")
+        st.stop()
+    st.sidebar.caption(f"{ctx.zoo.name}: {len(ctx.zoo.tasks)} tasks · {ctx.zoo.architecture} · "
+                       f"hash {ctx.zoo_hash[:8]}")
+    return ctx

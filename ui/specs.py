@@ -1,0 +1,106 @@
+"""Frozen run specs the pages ask for: references, the Merge lab's setting, the Trade-offs sweep, t-SNE panels."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+from peru_core.merging import get_method
+from peru_core.spec import RunSpec
+from peru_core.zoo.manifest import Zoo
+from ui.widgets import usable_methods
+
+REUSE_MODES = {
+    "full": {"merge": "None (the merge alone)", "post-pruning": "Post-Pruning", "peru-fft": "PERU-FFT"},
+    "lora": {"merge": "None (the merge alone)", "peru-lora": "PERU-LoRA"},
+}
+DEFAULT_KEEPS = (1.0, 5.0, 10.0, 20.0, 40.0)
+KEEP_GRID = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0)
+
+
+def references(source: str) -> list[RunSpec]:
+    """Pre-trained and Single-Task (of the chosen fine-tunes): the two ends of every comparison."""
+    return [RunSpec.make("pretrained"), RunSpec.make("single-task", source)]
+
+
+def lab(source: str, merge: str, params: Mapping[str, Any], mode: str, keep: Optional[float],
+        rank: Optional[int], scope: str) -> list[RunSpec]:
+    """The Merge lab's rows: references, the merge alone, and the chosen reuse on top (when any)."""
+    specs = references(source) + [RunSpec.make("merge", source, merge, params)]
+    if mode == "post-pruning":
+        specs.append(RunSpec.make("post-pruning", source, keep=keep, scope=scope))
+    elif mode == "peru-fft":
+        specs.append(RunSpec.make("peru-fft", source, merge, params, keep=keep, scope=scope))
+    elif mode == "peru-lora":
+        specs.append(RunSpec.make("peru-lora", "lora", rank=rank))
+    return specs
+
+
+def method_options(source: str, zoo: Zoo) -> dict[str, str]:
+    """Trade-offs choices: id -> label (``post-pruning``, ``peru-fft:<merge>``, ``merge:<merge>``, ``peru-lora``)."""
+    merges = usable_methods(zoo)
+    out: dict[str, str] = {}
+    if source == "full":
+        out["post-pruning"] = "Post-Pruning"
+        out.update({f"peru-fft:{m.name}": f"PERU-FFT ({m.label})" for m in merges})
+    else:
+        out["peru-lora"] = "PERU-LoRA"
+    out.update({f"merge:{m.name}": m.label + (" [LoRA]" if source == "lora" else "") for m in merges})
+    return out
+
+
+def default_methods(source: str) -> list[str]:
+    return (["post-pruning", "peru-fft:task_arithmetic", "merge:task_arithmetic"] if source == "full"
+            else ["peru-lora", "merge:task_arithmetic"])
+
+
+def rank_grid(r: int) -> list[int]:
+    """q = 1, 2, 4, ... up to r, and r itself."""
+    out, q = [], 1
+    while q < r:
+        out.append(q)
+        q *= 2
+    return out + ([r] if r >= 1 else [])
+
+
+def sweep(source: str, methods: Sequence[str], keeps: Sequence[float], ranks: Sequence[int],
+          scope: str) -> list[RunSpec]:
+    """References plus every chosen method over its knob's grid (merges use their registry defaults)."""
+    specs = references(source)
+    for m in methods:
+        kind, _, merge = m.partition(":")
+        params = get_method(merge).defaults() if merge else None
+        if kind == "post-pruning":
+            specs += [RunSpec.make("post-pruning", source, keep=k, scope=scope) for k in keeps]
+        elif kind == "peru-fft":
+            specs += [RunSpec.make("peru-fft", source, merge, params, keep=k, scope=scope) for k in keeps]
+        elif kind == "peru-lora":
+            specs += [RunSpec.make("peru-lora", "lora", rank=q) for q in ranks]
+        elif kind == "merge":
+            specs.append(RunSpec.make("merge", source, merge, params))
+    return list(dict.fromkeys(specs))
+
+
+def panel_options(source: str, zoo: Zoo) -> dict[str, str]:
+    """Embeddings panels: the Trade-offs methods plus the two references."""
+    return {"pretrained": "Pre-trained", **method_options(source, zoo), "single-task": "Single-Task"}
+
+
+def default_panels(source: str, zoo: Zoo) -> list[str]:
+    """The paper's Figure 3 (merges, Post-Pruning, PERU-FFT) or Figure 4 (merges, PERU-LoRA)."""
+    opts = method_options(source, zoo)
+    merges = [o for o in opts if o.startswith("merge:")]
+    return merges + (["post-pruning", "peru-fft:task_arithmetic"] if source == "full" else ["peru-lora"])
+
+
+def panel(option: str, source: str, keep: float, rank: int) -> RunSpec:
+    """The spec of one Embeddings panel (merges with registry defaults, PERU-FFT with Task Arithmetic's)."""
+    kind, _, merge = option.partition(":")
+    params = get_method(merge).defaults() if merge else None
+    if kind in ("pretrained", "single-task"):
+        return RunSpec.make(kind, source)
+    if kind == "merge":
+        return RunSpec.make("merge", source, merge, params)
+    if kind == "post-pruning":
+        return RunSpec.make("post-pruning", source, keep=keep)
+    if kind == "peru-fft":
+        return RunSpec.make("peru-fft", source, merge, params, keep=keep)
+    return RunSpec.make("peru-lora", "lora", rank=rank)

@@ -1,0 +1,87 @@
+"""Widgets shared by pages; merge sliders come from the registry's Param list, so a new method needs no page edit."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import streamlit as st
+
+from peru_core.merging import MergeMethod, Param, get_method, list_methods
+from peru_core.zoo.manifest import Zoo
+from ui import state
+
+SOURCES = {"full": "Full fine-tunes", "lora": "LoRA fine-tunes"}
+DEFAULT_MERGE = "task_arithmetic"
+
+
+def slider_step(p: Param) -> float:
+    """The registry's step, 1 for integers, else a round step giving ~100 positions over [low, high]."""
+    if p.integer:
+        return 1
+    if p.step:
+        return p.step
+    span = p.high - p.low
+    return 10.0 ** math.floor(math.log10(span / 100.0)) if span > 0 else 1.0
+
+
+def param_sliders(prefix: str, method: MergeMethod) -> dict[str, Any]:
+    """One slider per registered parameter of ``method`` (range, default and help from its Param)."""
+    values: dict[str, Any] = {}
+    for p in method.params:
+        cast = int if p.integer else float
+        values[p.name] = state.kept(
+            st.slider, p.name, key=state.param_key(prefix, method.name, p.name), min_value=cast(p.low),
+            max_value=cast(p.high), value=cast(p.default), step=cast(slider_step(p)), help=p.help)
+    return values
+
+
+def usable_methods(zoo: Zoo) -> list[MergeMethod]:
+    """Registered merges that this zoo can run (Fisher / RegMean need validation data on every task)."""
+    has_val = all(t.validation is not None for t in zoo.tasks)
+    return [m for m in list_methods() if has_val or not m.needs]
+
+
+def merge_picker(prefix: str, zoo: Zoo, label: str = "Merge method") -> tuple[str, dict[str, Any]]:
+    """A method selectbox and its parameter sliders; returns (method name, parameter values)."""
+    methods = usable_methods(zoo)
+    names = [m.name for m in methods]
+    name = state.kept(st.selectbox, label, key=f"{prefix}_merge", options=names,
+                      index=names.index(DEFAULT_MERGE) if DEFAULT_MERGE in names else 0,
+                      format_func=lambda n: get_method(n).label, help=_help(methods))
+    method = get_method(name)
+    st.caption(f"{method.summary} ([paper]({method.paper}))" if method.summary else f"[paper]({method.paper})")
+    return name, param_sliders(prefix, method)
+
+
+def _help(methods: list[MergeMethod]) -> str:
+    return "  \n".join(f"**{m.label}**: {m.summary}" for m in methods if m.summary)
+
+
+def source_picker(key: str, zoo: Zoo) -> str:
+    """Full or LoRA fine-tunes (only the kinds this zoo has)."""
+    have = [s for s in SOURCES if any((t.finetuned if s == "full" else t.lora) is not None for t in zoo.tasks)]
+    return state.kept(st.radio, "Fine-tunes", key=key, options=have, format_func=SOURCES.get, index=0,
+                      horizontal=True)
+
+
+def keep_slider(key: str, value: float = 10.0, high: float = 100.0, label: str = "m: top-m% kept per task") -> float:
+    """The m% slider (step 1: arrow keys move it one percent)."""
+    return float(state.kept(st.slider, label, key=key, min_value=0.0, max_value=float(high), value=float(value),
+                            step=1.0, format="%.0f%%",
+                            help="Percent of the entries of each task's vector kept, largest magnitudes first."))
+
+
+def rank_slider(key: str, rank: int, value: int = 4, label: str = "q: rank kept per LoRA matrix") -> int:
+    """The q slider in [1, r]."""
+    rank = max(int(rank), 1)
+    if rank == 1:
+        st.caption("q = 1 (the adapters have rank 1).")
+        return 1
+    return int(state.kept(st.slider, label, key=key, min_value=1, max_value=rank, value=min(value, rank), step=1,
+                          help="Singular values (and vectors) kept of each LoRA product B A."))
+
+
+def lora_rank(rt) -> int:
+    """The largest LoRA rank r among the zoo's adapters (0 when it has none)."""
+    ranks = [f.rank for t in rt.zoo.tasks if t.lora is not None for f in rt.adapter(t.name).values()]
+    return max(ranks, default=0)
