@@ -178,33 +178,43 @@ def hf_lora_target(module: str, out_features: int) -> Optional[LoraTarget]:
     return None
 
 
-def map_lora_factors(factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """HF-named LoRA factors ``{module: (A r x in, B out x r)}`` (scale folded into B) to open_clip weight keys.
+def map_lora_factors(factors: Mapping[str, tuple]) -> dict[str, tuple]:
+    """HF-named LoRA factors to open_clip weight keys; other names pass through unchanged.
 
-    q/k/v adapters of one layer become ONE exact factorisation of the packed ``in_proj_weight`` delta:
-    ``A = [A_q; A_v]`` and ``B`` block-placed at the q and v row blocks, so ``B @ A`` equals the row-stacked
-    ``[B_q A_q; 0; B_v A_v]`` (rank r_q + r_v). Modules already in open_clip naming pass through (``.weight`` added).
+    ``factors`` maps a module (``...self_attn.q_proj``, optionally with ``.weight``) to ``(A r x in, B out x r)``
+    or ``(A, B, scale)``. q/k/v adapters of one layer become ONE exact factorisation of the packed
+    ``in_proj_weight`` delta: ``A = [A_q; A_v]`` and ``B`` holding ``scale_q B_q`` and ``scale_v B_v`` at the q
+    and v row blocks (scale 1.0 after folding), so ``B @ A == [s_q B_q A_q; 0; s_v B_v A_v]`` (rank r_q + r_v).
     """
-    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    out: dict[str, tuple] = {}
     packed: dict[str, list[tuple[slice, torch.Tensor, torch.Tensor]]] = {}
-    for module, (a, b) in factors.items():
-        target = hf_lora_target(module, b.shape[0])
+    with_scale = False
+    for name, f in factors.items():
+        a, b = f[0], f[1]
+        scale = float(f[2]) if len(f) > 2 else 1.0
+        with_scale |= len(f) > 2
+        target = hf_lora_target(name.removesuffix(".weight"), int(b.shape[0]))
         if target is None:
-            out[module + ".weight"] = (a, b)
+            out[name] = tuple(f)
         elif target.rows is None:
-            out[target.key] = (a, b)
+            out[target.key] = tuple(f)
         else:
-            packed.setdefault(target.key, []).append((target.rows, a, b))
+            packed.setdefault(target.key, []).append((target.rows, a, b * scale if scale != 1.0 else b))
     for key, parts in packed.items():
-        d = parts[0][2].shape[0]
+        d = int(parts[0][2].shape[0])
         a_cat = torch.cat([a for _, a, _ in parts], 0)
-        b_cat = a_cat.new_zeros(3 * d, a_cat.shape[0], dtype=parts[0][2].dtype)
+        b_cat = torch.zeros(3 * d, a_cat.shape[0], dtype=parts[0][2].dtype)
         col = 0
         for rows, a, b in parts:
             b_cat[rows, col:col + a.shape[0]] = b
             col += a.shape[0]
-        out[key] = (a_cat, b_cat)
+        out[key] = (a_cat, b_cat, 1.0) if with_scale else (a_cat, b_cat)
     return out
+
+
+def is_hf_module(name: str) -> bool:
+    """True for an HF CLIP encoder-layer module or weight name (``...encoder.layers.3.self_attn.q_proj``)."""
+    return _HF_LAYER_IN.search(name.removesuffix(".weight") + ".weight") is not None
 
 
 def suggest_architecture(hf_config: Mapping[str, Any]) -> Optional[str]:

@@ -316,13 +316,17 @@ class LoraAdapter(Mapping):
 
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
-# PEFT's nn.MultiheadAttention wrapper also saves its base weights (``...base_layer.weight``): the base checkpoint
-# is the source of truth for those, so they are skipped.
+# PEFT's nn.MultiheadAttention wrapper also saves base weights (``...base_layer.weight``): the base checkpoint is
+# the source of truth for those, so they are skipped. Note: PEFT 0.21's MultiheadAttention forward (and its
+# merge_and_unload) applies the out_proj update twice; this loader follows the file format (once).
 _BASE_LAYER_KEY = re.compile(r"^(?:base_model\.model\.)?.+\.base_layer\.(?:weight|bias|in_proj_weight|in_proj_bias)$")
 
 
 def _pattern_value(patterns: Mapping[str, float], module: str, default: float) -> float:
-    # PEFT's own matching (a pattern matches a key suffix at a module boundary, first match wins).
+    if not patterns:
+        return default
+    # PEFT's own matching (a pattern matches a key suffix at a module boundary, first match wins); imported only
+    # here because importing peft costs seconds (it pulls in transformers)
     from peft.utils.other import get_pattern_key
     return patterns.get(get_pattern_key(list(patterns.keys()), module), default)
 
@@ -354,7 +358,7 @@ def parse_adapter(config: Mapping, tensors: Mapping[str, torch.Tensor], *, name:
     rank_pattern = dict(config.get("rank_pattern") or {})
     alpha_pattern = dict(config.get("alpha_pattern") or {})
     rslora, fifo = bool(config.get("use_rslora")), bool(config.get("fan_in_fan_out"))
-    parts: dict[str, dict[str, torch.Tensor]] = {}
+    parts: dict[str, dict[str, torch.Tensor]] = {}  # PEFT module path -> {"A": ..., "B": ...}
     for key, t in tensors.items():
         m = _LORA_KEY.match(key)
         if m is None:
@@ -362,35 +366,39 @@ def parse_adapter(config: Mapping, tensors: Mapping[str, torch.Tensor], *, name:
                 continue
             raise PeruError(f"Adapter {name} holds {key!r}, which is not a LoRA A/B matrix (embeddings, DoRA and "
                             "modules_to_save are not supported); export a plain LoRA adapter.")
-        module = m["module"].replace(".base_layer.", ".")  # PEFT's MHA wrapper aliases out_proj under base_layer
-        slot = parts.setdefault(module, {})
-        if m["ab"] in slot and not torch.equal(slot[m["ab"]], t):
-            raise PeruError(f"Adapter {name} holds two different lora_{m['ab']} matrices for {module!r}; export "
-                            "it again with PEFT.")
-        slot[m["ab"]] = t
+        parts.setdefault(m["module"], {})[m["ab"]] = t
     if not parts:
         raise PeruError(f"Adapter {name} holds no LoRA matrices; export it again with PEFT.")
-    factors: dict[str, LoraFactors] = {}
-    for module, ab in parts.items():
+    grouped: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
+    for path, ab in parts.items():
         if set(ab) != {"A", "B"}:
             have, lack = ("A", "B") if "A" in ab else ("B", "A")
-            raise PeruError(f"Adapter {name} has lora_{have} but not lora_{lack} for {module!r}; the file is "
+            raise PeruError(f"Adapter {name} has lora_{have} but not lora_{lack} for {path!r}; the file is "
                             "incomplete, so export it again.")
         A, B = ab["A"], ab["B"]
         if A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[1]:
             raise PeruError(f"Adapter {name} has LoRA matrices of shapes {tuple(A.shape)} and {tuple(B.shape)} for "
-                            f"{module!r}; expected A (r x in) and B (out x r).")
+                            f"{path!r}; expected A (r x in) and B (out x r).")
         if not (A.is_floating_point() and B.is_floating_point()):
-            raise PeruError(f"Adapter {name} stores {module!r} as integers; pass an unquantized adapter.")
+            raise PeruError(f"Adapter {name} stores {path!r} as integers; pass an unquantized adapter.")
+        module = path.replace(".base_layer.", ".")  # PEFT's MHA wrapper: attn.base_layer.out_proj is out_proj
         r = int(A.shape[0])
         r_cfg = int(_pattern_value(rank_pattern, module, r_default))
         if r_cfg != r:
-            raise PeruError(f"Adapter {name} has rank {r} for {module!r} but its config says {r_cfg}; the config "
+            raise PeruError(f"Adapter {name} has rank {r} for {path!r} but its config says {r_cfg}; the config "
                             "and weights do not belong together.")
         alpha = float(_pattern_value(alpha_pattern, module, alpha_default))
         scale = alpha / math.sqrt(r) if rslora else alpha / r
         if fifo:  # base weight stored (in x out): delta^T = A^T B^T
             A, B = B.t(), A.t()
+        grouped.setdefault(module, []).append((A, B, scale))
+    factors: dict[str, LoraFactors] = {}
+    for module, items in grouped.items():
+        A, B, scale = items[0]
+        if any(not (torch.equal(a, A) and torch.equal(b, B) and sc == scale) for a, b, sc in items[1:]):
+            raise PeruError(f"Adapter {name} holds two different LoRA updates for {module!r} (e.g. both 'attn' and "
+                            "its 'out_proj' were targeted); train with one of them.")
+        # one update per module, as the file format says (aliases of the same module are the same update)
         factors[_target_key(prefix, module, base_keys)] = LoraFactors(A, B, scale)
     return LoraAdapter(name, factors, dict(config))
 

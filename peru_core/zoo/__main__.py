@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--quick", action="store_true", help="a few-minute build with fewer steps, for iterating")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2; bitwise "
                    "reproducibility needs the same count)")
+    b.add_argument("--device", default=None, help="cpu (default; the shipped zoo) or cuda, for iterating")
+    b.add_argument("--data-cache", type=Path, default=None, help="an .npz of all task images: written when "
+                   "missing, read when present (for machines without the data packages)")
     b.add_argument("--pretrain-steps", type=int, default=None)
     b.add_argument("--finetune-steps", type=int, default=None)
     r = sub.add_parser("report", help="print pre-trained / fine-tuned / LoRA / Task Arithmetic accuracy of a zoo")
@@ -40,11 +43,13 @@ def main(argv: list[str] | None = None) -> int:
             cfg = BuildConfig.quick() if args.quick else BuildConfig()
             if args.threads:
                 cfg = replace(cfg, threads=args.threads)
+            if args.device:
+                cfg = replace(cfg, device=args.device)
             if args.pretrain_steps:
                 cfg = replace(cfg, pretrain=replace(cfg.pretrain, steps=args.pretrain_steps))
             if args.finetune_steps:
                 cfg = replace(cfg, finetune=replace(cfg.finetune, steps=args.finetune_steps))
-            out = build(args.out, cfg, _progress)
+            out = build(args.out, cfg, _progress, args.data_cache)
             build_info = load_zoo(out).extra["build"]
             print(format_metrics(build_info["metrics"]))
             print("timings (s):", build_info["timings"])

@@ -9,6 +9,7 @@ The zoo reproduces the setting of PERU (https://arxiv.org/abs/2310.01886) at toy
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import zlib
@@ -46,6 +47,7 @@ class BuildConfig:
     val_size: int = 256
     synthetic_train: int = 4000
     threads: int = 2
+    device: str = "cpu"  # "cuda" only for iterating on the recipe: the shipped zoo is built on the CPU
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     lora: LoraConfigSpec = field(default_factory=LoraConfigSpec)
@@ -66,11 +68,21 @@ class Split:
     seen: list[int]
 
 
-def load_tasks(cfg: BuildConfig) -> list[sources.RawTask]:
+def load_tasks(cfg: BuildConfig, cache: Optional[Path] = None) -> list[sources.RawTask]:
+    """Every task's images; ``cache`` (an .npz) stores them for machines without the data packages."""
+    if cache is not None and Path(cache).is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            return [sources.RawTask(**m, x=z[f"x_{m['name']}"], y=z[f"y_{m['name']}"]) for m in meta]
     n = cfg.synthetic_train + cfg.test_size + cfg.val_size
-    return [sources.mnist(), sources.fashion_mnist(), sources.animal_mnist(), sources.sklearn_digits(),
-            sources.textiles(), synthetic.shapes(n, cfg.seed + 101), synthetic.counting(n, cfg.seed + 102),
-            synthetic.textures(n, cfg.seed + 103)]
+    tasks = [sources.mnist(), sources.fashion_mnist(), sources.animal_mnist(), sources.sklearn_digits(),
+             sources.textiles(), synthetic.shapes(n, cfg.seed + 101), synthetic.counting(n, cfg.seed + 102),
+             synthetic.textures(n, cfg.seed + 103)]
+    if cache is not None:
+        meta = [{k: v for k, v in asdict(t).items() if k not in ("x", "y")} for t in tasks]
+        arrays = {f"{a}_{t.name}": getattr(t, a) for t in tasks for a in ("x", "y")}
+        np.savez_compressed(cache, meta=np.array(json.dumps(meta)), **arrays)
+    return tasks
 
 
 def split(raw: sources.RawTask, cfg: BuildConfig) -> Split:
@@ -118,7 +130,8 @@ def _save_npz(path: Path, xy: tuple[np.ndarray, np.ndarray]) -> str:
     return path.name
 
 
-def build(out: Path, cfg: Optional[BuildConfig] = None, on_progress: Progress = None) -> Path:
+def build(out: Path, cfg: Optional[BuildConfig] = None, on_progress: Progress = None,
+          data_cache: Optional[Path] = None) -> Path:
     """Build the zoo into ``out`` (replaced only when the build succeeds) and return its path."""
     cfg = cfg or BuildConfig()
     out = Path(out)
@@ -126,15 +139,17 @@ def build(out: Path, cfg: Optional[BuildConfig] = None, on_progress: Progress = 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.set_num_threads(cfg.threads)
+    if cfg.device.startswith("cuda"):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     torch.use_deterministic_algorithms(True)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    splits = [split(r, cfg) for r in load_tasks(cfg)]
+    splits = [split(r, cfg) for r in load_tasks(cfg, data_cache)]
     ids, caps = concepts(splits)
     times["data_s"] = time.perf_counter() - t0
 
     torch.manual_seed(cfg.seed)
-    model = create_clip(ARCH, MODEL_CONFIG, "cpu")
+    model = create_clip(ARCH, MODEL_CONFIG, "cpu").to(cfg.device)  # same initial weights on any device
     tok = get_tokenizer(ARCH)
     t = time.perf_counter()
     losses = pretrain(model, tok, _pool(splits, ids, caps), caps, list(range(len(caps))),
@@ -142,7 +157,7 @@ def build(out: Path, cfg: Optional[BuildConfig] = None, on_progress: Progress = 
                       lambda f, m: report(on_progress, 0.45 * f, m))
     times["pretrain_s"] = time.perf_counter() - t
     model.requires_grad_(False)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "base.safetensors"))
+    save_file({k: v.cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "base.safetensors"))
 
     tasks_json = []
     t = time.perf_counter()
@@ -151,7 +166,7 @@ def build(out: Path, cfg: Optional[BuildConfig] = None, on_progress: Progress = 
         report(on_progress, 0.45 + 0.45 * i / len(splits), f"fine-tuning {r.label}")
         d = tmp / "tasks" / r.name
         d.mkdir(parents=True)
-        head = zero_shot_head(model, tok, r.classes, r.templates, "cpu").clone()  # a normal tensor, not an inference one
+        head = zero_shot_head(model, tok, r.classes, r.templates, cfg.device).clone()  # a normal tensor, not an inference one
         ft_cfg = replace(cfg.finetune, seed=cfg.finetune.seed + i)
         tuned = finetune_full(model, head, *s.train, 28, MEAN, STD, ft_cfg)
         save_file(tuned, str(d / "finetuned.safetensors"))
@@ -178,7 +193,7 @@ def build(out: Path, cfg: Optional[BuildConfig] = None, on_progress: Progress = 
     zoo = parse_manifest(tmp, raw)  # the format check the app will run
     report(on_progress, 0.9, "evaluating")
     t = time.perf_counter()
-    raw["build"]["metrics"] = evaluate_zoo(zoo)
+    raw["build"]["metrics"] = evaluate_zoo(zoo, cfg.device)
     times["evaluate_s"] = time.perf_counter() - t
     times["total_s"] = time.perf_counter() - t0
     raw["build"]["timings"] = {k: round(v, 1) for k, v in times.items()}

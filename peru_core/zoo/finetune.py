@@ -48,15 +48,16 @@ def _lr(step: int, base: float, cfg: FinetuneConfig) -> float:
 def _train(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], head: torch.Tensor, x: np.ndarray,
            y: np.ndarray, image_size: int, mean, std, cfg: FinetuneConfig, lr: float) -> None:
     rng = np.random.default_rng(cfg.seed)
+    device = head.device
     opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum)
     model.train()
     for step in range(cfg.steps):
         for g in opt.param_groups:
             g["lr"] = _lr(step, lr, cfg)
         idx = rng.integers(0, len(x), size=cfg.batch)
-        xb = preprocess_uint8(x[idx], image_size, mean, std)
+        xb = preprocess_uint8(x[idx], image_size, mean, std).to(device)
         logits = F.normalize(model.encode_image(xb), dim=-1) @ head.T
-        loss = F.cross_entropy(logits, torch.as_tensor(y[idx]))
+        loss = F.cross_entropy(logits, torch.as_tensor(y[idx], device=device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.clip)
@@ -71,7 +72,7 @@ def finetune_full(model: torch.nn.Module, head: torch.Tensor, x: np.ndarray, y: 
     m.requires_grad_(False)
     m.visual.requires_grad_(True)
     _train(m, list(m.visual.parameters()), head, x, y, image_size, mean, std, cfg, cfg.lr)
-    return {k: v.detach().clone().contiguous() for k, v in m.state_dict().items() if k.startswith(prefix)}
+    return {k: v.detach().cpu().clone().contiguous() for k, v in m.state_dict().items() if k.startswith(prefix)}
 
 
 def lora_targets(model: torch.nn.Module) -> list[str]:

@@ -63,15 +63,16 @@ def pretrain(model: torch.nn.Module, tokenizer, pool: Captioned, all_concepts: S
     """
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    device = next(model.parameters()).device
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # tokens of every caption once; an image's caption is one of its concept's templates, drawn per step
     flat = [c for caps in pool.concept_captions for c in caps]
     starts = np.cumsum([0] + [len(c) for c in pool.concept_captions])
-    tokens = tokenizer(flat)
-    text_tokens = tokenizer([c for caps in all_concepts for c in caps])
+    tokens = tokenizer(flat).to(device)
+    text_tokens = tokenizer([c for caps in all_concepts for c in caps]).to(device)
     text_starts = np.cumsum([0] + [len(c) for c in all_concepts])
-    text_ids = torch.as_tensor(list(all_concept_ids))
+    text_ids = torch.as_tensor(list(all_concept_ids), device=device)
     by_task = [np.flatnonzero(pool.task_of == t) for t in range(int(pool.task_of.max()) + 1)]
     losses: list[float] = []
     for step in range(cfg.steps):
@@ -82,11 +83,11 @@ def pretrain(model: torch.nn.Module, tokenizer, pool: Captioned, all_concepts: S
         idx = np.array([by_task[t][rng.integers(len(by_task[t]))] for t in tasks])
         concepts = pool.concept[idx]
         cap = starts[concepts] + rng.integers(0, np.diff(starts)[concepts])
-        x = preprocess_uint8(pool.x[idx], image_size, mean, std)
+        x = preprocess_uint8(pool.x[idx], image_size, mean, std).to(device)
         img = F.normalize(model.encode_image(x), dim=-1)
-        txt = F.normalize(model.encode_text(tokens[torch.as_tensor(cap)]), dim=-1)
+        txt = F.normalize(model.encode_text(tokens[torch.as_tensor(cap, device=device)]), dim=-1)
         scale = model.logit_scale.exp().clamp(max=100)
-        same = torch.as_tensor(concepts[:, None] == concepts[None, :])
+        same = torch.as_tensor(concepts[:, None] == concepts[None, :], device=device)
         logits = scale * img @ txt.T
         loss = 0.5 * (_soft_ce(logits, same) + _soft_ce(logits.T, same))
         if cfg.text_weight > 0:
@@ -96,8 +97,9 @@ def pretrain(model: torch.nn.Module, tokenizer, pool: Captioned, all_concepts: S
             a = torch.randint(0, 1 << 30, (n,), generator=gen) % per
             b = (a + 1 + torch.randint(0, 1 << 30, (n,), generator=gen) % (per - 1).clamp(min=1)) % per
             base = torch.as_tensor(text_starts[:-1])
-            ta = F.normalize(model.encode_text(text_tokens[base + a]), dim=-1)
-            tb = F.normalize(model.encode_text(text_tokens[base + b]), dim=-1)
+            a, b = (base + a).to(device), (base + b).to(device)
+            ta = F.normalize(model.encode_text(text_tokens[a]), dim=-1)
+            tb = F.normalize(model.encode_text(text_tokens[b]), dim=-1)
             tsame = text_ids[:, None] == text_ids[None, :]
             tl = scale * ta @ tb.T
             loss = loss + cfg.text_weight * 0.5 * (_soft_ce(tl, tsame) + _soft_ce(tl.T, tsame))

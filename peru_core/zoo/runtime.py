@@ -11,26 +11,17 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from peru_core.data import load_task_data
 from peru_core.device import default_device
 from peru_core.errors import PeruError
 from peru_core.evaluate import DEFAULT_BATCH, accuracy_of, image_features, load_tuned, predict
+from peru_core.io import load_lora_adapter, load_state_dict, validate_adapter
 from peru_core.models import create_clip, get_tokenizer, image_size, zero_shot_head
 from peru_core.types import StateDict
 from peru_core.zoo.manifest import TaskSpec, Zoo
 
 TaskRef = int | str
-
-
-def read_safetensors(path: Any) -> StateDict:
-    """All tensors of a safetensors file on the CPU; a clear error when it is not one."""
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise PeruError(f"{path} is not a readable safetensors file ({e}); rebuild or replace it.") from None
 
 
 class ZooRuntime:
@@ -47,7 +38,7 @@ class ZooRuntime:
         self.prefix = zoo.tuned_prefix
         self._lock = threading.RLock()
         self.model = create_clip(zoo.architecture, zoo.model_config, self.device)
-        full = read_safetensors(zoo.base)
+        full = load_state_dict(zoo.base)
         missing, unexpected = self.model.load_state_dict(full, strict=False)
         if missing or unexpected:
             what = f"lacks {missing[0]!r}" if missing else f"has an unexpected key {unexpected[0]!r}"
@@ -88,7 +79,7 @@ class ZooRuntime:
         if spec.name not in self._finetuned:
             if spec.finetuned is None:
                 raise PeruError(f"Task {spec.name!r} has no full fine-tune in this zoo; add 'finetuned' to zoo.json.")
-            sd = read_safetensors(spec.finetuned)
+            sd = load_state_dict(spec.finetuned)
             missing = [k for k in self._base if k not in sd]
             extra = [k for k in sd if k not in self._base]
             if missing or extra:
@@ -104,9 +95,9 @@ class ZooRuntime:
         if spec.name not in self._adapters:
             if spec.lora is None:
                 raise PeruError(f"Task {spec.name!r} has no LoRA adapter in this zoo; add 'lora' to zoo.json.")
-            from peru_core.io import load_lora_adapter
-
-            self._adapters[spec.name] = load_lora_adapter(spec.lora)
+            adapter = load_lora_adapter(spec.lora, name=spec.name, base_keys=self._base)
+            validate_adapter(self._base, adapter)
+            self._adapters[spec.name] = adapter
         return self._adapters[spec.name]
 
     # --- data and heads ----------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ def test_lora_targets_and_packed_factors_equal_the_merged_peft_model():
     torch.manual_seed(0)
     hf = transformers.CLIPVisionModel(hf_vision_config()).eval()
     randomize(hf)
-    base = hf_clip.hf_to_open_clip(hf.state_dict())
+    base = {k: v.clone() for k, v in hf_clip.hf_to_open_clip(hf.state_dict()).items()}  # merge works in place
     cfg = peft.LoraConfig(r=3, lora_alpha=6, target_modules=["q_proj", "v_proj", "fc1"], lora_dropout=0.0)
     pm = peft.get_peft_model(hf, cfg)
     with torch.no_grad():
@@ -185,3 +185,33 @@ def test_runtime_module_does_not_import_transformers():
     code = "import sys, peru_core.hf_clip; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_peft_adapter_folder_through_the_engine_loader(tmp_path):
+    """save_pretrained -> io.load_lora_adapter (PEFT semantics, HF names) -> map_lora_factors -> open_clip weights
+    equal to PEFT's own merge_and_unload, mapped."""
+    peft = pytest.importorskip("peft")
+    from peru_core.io import LoraFactors, load_lora_adapter
+
+    torch.manual_seed(1)
+    hf = transformers.CLIPVisionModel(hf_vision_config()).eval()
+    randomize(hf)
+    base = {k: v.clone() for k, v in hf_clip.hf_to_open_clip(hf.state_dict()).items()}  # merge works in place
+    cfg = peft.LoraConfig(r=2, lora_alpha=5, target_modules=["q_proj", "v_proj", "out_proj"], lora_dropout=0.0,
+                          rank_pattern={"layers.1.self_attn.v_proj": 4}, use_rslora=True)
+    pm = peft.get_peft_model(hf, cfg)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn(p.shape) * 0.3)
+    pm.save_pretrained(tmp_path / "adapter")
+    adapter = load_lora_adapter(tmp_path / "adapter")
+    assert all(hf_clip.is_hf_module(k) for k in adapter)
+    mapped = {k: LoraFactors(*t) for k, t in hf_clip.map_lora_factors(dict(adapter.factors)).items()}
+    assert mapped["visual.transformer.resblocks.1.attn.in_proj_weight"].rank == 2 + 4
+    merged = hf_clip.hf_to_open_clip(pm.merge_and_unload().state_dict())
+    for k, v in base.items():
+        got = v + mapped[k].delta() if k in mapped else v
+        torch.testing.assert_close(got, merged[k], atol=1e-5, rtol=1e-5)
+    assert set(mapped) == {f"visual.transformer.resblocks.{i}.attn.{n}" for i in range(LAYERS)
+                           for n in ("in_proj_weight", "out_proj.weight")}

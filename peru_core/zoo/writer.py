@@ -1,0 +1,281 @@
+"""Write a zoo folder (``zoo.json`` + the files it names) from checkpoints users bring; used by the Upload page.
+
+Checkpoints that already fit (open_clip names, exactly the right keys) are copied, or referenced in place with
+``copy=False``. Others are imported into the zoo once: Hugging Face CLIP layouts are renamed to open_clip
+(:mod:`peru_core.hf_clip`), a fine-tune's tensors outside the tuned part are dropped and the tuned tensors it lacks
+(e.g. ``visual.proj`` of a ``CLIPVisionModel``) are taken from the base, HF-named LoRA adapters are rewritten on
+open_clip modules, and pickles are read by the restricted converter only when ``convert_pickles`` is set.
+Everything is staged in a temporary folder, validated deeply (:func:`~peru_core.zoo.validate.zoo_problems`), then
+moved into place, ``zoo.json`` last: a failed write leaves the target as it was. PERU: https://arxiv.org/abs/2310.01886
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+
+from peru_core import hf_clip
+from peru_core.errors import PeruError
+from peru_core.types import Progress, StateDict, report
+from peru_core.zoo.manifest import FORMAT_VERSION, Zoo, load_zoo
+from peru_core.zoo.validate import Shapes, architecture_shapes, zoo_problems
+
+PICKLE_HEADS = (b"PK\x03\x04", b"\x80")
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    """One task of a zoo being written: checkpoints (a fine-tune and/or a PEFT adapter folder) and data."""
+
+    name: str
+    classes: tuple[str, ...]
+    finetuned: Optional[Path] = None  # safetensors (open_clip or HF CLIP names) or, with convert_pickles, a pickle
+    lora: Optional[Path] = None  # folder with adapter_config.json + adapter_model.safetensors
+    test: Optional[Path] = None  # image folder (one sub-folder per class) or .npz with x, y
+    validation: Optional[Path] = None
+    templates: tuple[str, ...] = ()
+    label: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # e.g. source, license
+
+    @classmethod
+    def of(cls, obj: "TaskInput | Mapping[str, Any]") -> "TaskInput":
+        if isinstance(obj, TaskInput):
+            return obj
+        known = {"name", "classes", "finetuned", "lora", "test", "validation", "templates", "label"}
+        kw = {k: v for k, v in obj.items() if k in known and v not in (None, "")}
+        for k in ("finetuned", "lora", "test", "validation"):
+            if k in kw:
+                kw[k] = Path(kw[k]).expanduser()
+        kw["classes"] = tuple(kw.get("classes", ()))
+        kw["templates"] = tuple(kw.get("templates", ()))
+        return cls(**kw, extra={k: v for k, v in obj.items() if k not in known})
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "task"
+
+
+def _is_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4).startswith(PICKLE_HEADS)
+
+
+class _Writer:
+    """Stages files and remembers, for every manifest path, whether it lives in the staging folder."""
+
+    def __init__(self, staging: Path, expected: Shapes, prefix: str, copy: bool, convert_pickles: bool) -> None:
+        self.staging, self.expected, self.prefix = staging, expected, prefix
+        self.copy, self.convert_pickles = copy, convert_pickles
+        self.notes: list[str] = []
+        self._base: Optional[StateDict] = None
+
+    def _read(self, path: Path) -> StateDict:
+        if not path.is_file():
+            raise PeruError(f"{path} does not exist; pick the checkpoint file.")
+        if _is_pickle(path):
+            if not self.convert_pickles:
+                raise PeruError(f"{path.name} is a pickled checkpoint, which can run code when loaded; tick "
+                                "'convert pickles' (a safe, restricted conversion) or run python -m peru_core convert.")
+            from peru_core.convert import read_pickled_checkpoint
+
+            sd, _ = read_pickled_checkpoint(path)
+            self.notes.append(f"{path.name}: converted from a pickle by the restricted unpickler (no code run).")
+            return sd
+        from peru_core.io import load_state_dict
+
+        sd = load_state_dict(path)
+        if hf_clip.detect_layout(sd) == hf_clip.HF_CLIP:
+            self.notes.append(f"{path.name}: Hugging Face CLIP names mapped to open_clip.")
+        return hf_clip.to_open_clip(sd)
+
+    def _fits(self, path: Path, keys: set[str]) -> bool:
+        from peru_core.zoo.validate import _Foreign, checkpoint_shapes
+
+        if _is_pickle(path):
+            return False
+        try:
+            shapes = checkpoint_shapes(path)
+        except _Foreign:
+            return False
+        return set(shapes) == keys
+
+    def place(self, src: Path, rel: str) -> str:
+        """Copy ``src`` to ``rel`` in the zoo (or reference it in place): the manifest path."""
+        if not self.copy:
+            return str(src.resolve())
+        dst = self.staging / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, dst)
+        return rel
+
+    def base(self, src: Path) -> str:
+        if self._fits(src, set(self.expected)):
+            return self.place(src, "base.safetensors")
+        sd = self._read(src)
+        self._base = {k: v for k, v in sd.items() if k in self.expected}
+        if len(self._base) < len(sd):
+            self.notes.append(f"{src.name}: {len(sd) - len(self._base)} tensor(s) unknown to the architecture dropped.")
+        return self._save(self._base, "base.safetensors", src)
+
+    def base_tensors(self, base_ref: str) -> StateDict:
+        if self._base is None:
+            from peru_core.io import load_state_dict
+
+            p = Path(base_ref) if Path(base_ref).is_absolute() else self.staging / base_ref
+            self._base = load_state_dict(p)
+        return self._base
+
+    def finetuned(self, src: Path, task: str, base_ref: str) -> str:
+        tuned = {k for k in self.expected if k.startswith(self.prefix)}
+        rel = f"checkpoints/{_slug(task)}.safetensors"
+        if self._fits(src, tuned):
+            return self.place(src, rel)
+        sd = self._read(src)
+        kept = {k: v for k, v in sd.items() if k in tuned}
+        if not kept:
+            raise PeruError(f"The fine-tune of task {task!r} ({src.name}) holds no tensor of the tuned part "
+                            f"{self.prefix!r}; pick the image-encoder checkpoint.")
+        missing = sorted(tuned - set(kept))
+        if missing:
+            base = self.base_tensors(base_ref)
+            kept.update({k: base[k] for k in missing})
+            self.notes.append(f"{src.name}: {len(missing)} tuned tensor(s) it does not hold (e.g. {missing[0]}) "
+                              "taken from the base, i.e. left unchanged by the fine-tune.")
+        return self._save(kept, rel, src)
+
+    def adapter(self, src: Path, task: str) -> str:
+        from peru_core.io import ADAPTER_CONFIG, load_lora_adapter
+
+        adapter = load_lora_adapter(src, name=f"of task {task!r}", base_keys=self.expected)
+        if not any(hf_clip.is_hf_module(k) for k in adapter):
+            return self.place(src, f"adapters/{_slug(task)}")
+        mapped = hf_clip.map_lora_factors({k: tuple(f) for k, f in adapter.items()})
+        tensors: StateDict = {}
+        ranks: dict[str, int] = {}
+        for key, (a, b, scale) in mapped.items():
+            module = key.removesuffix(".in_proj_weight") if key.endswith(".in_proj_weight") else key[:-len(".weight")]
+            tensors[f"base_model.model.{module}.lora_A.weight"] = a.contiguous()
+            tensors[f"base_model.model.{module}.lora_B.weight"] = (b * scale).contiguous()  # scale folded: alpha = r
+            ranks[module] = int(a.shape[0])
+        config = {"peft_type": "LORA", "r": max(ranks.values()), "lora_alpha": max(ranks.values()),
+                  "rank_pattern": ranks, "alpha_pattern": ranks, "target_modules": sorted(ranks),
+                  "fan_in_fan_out": False, "use_rslora": False, "bias": "none",
+                  "converted_from": str(src), "note": "HF CLIP LoRA mapped onto open_clip by PERU Studio; "
+                  "q/k/v adapters of a layer are packed into one factorisation of attn.in_proj_weight."}
+        rel = f"adapters/{_slug(task)}"
+        from peru_core.io import save_state_dict
+
+        save_state_dict(tensors, self.staging / rel / "adapter_model.safetensors")
+        (self.staging / rel / ADAPTER_CONFIG).write_text(json.dumps(config, indent=1))
+        self.notes.append(f"{src.name}: LoRA on Hugging Face modules mapped onto open_clip "
+                          "(q/k/v packed into attn.in_proj_weight).")
+        return rel
+
+    def _save(self, sd: StateDict, rel: str, src: Path) -> str:
+        from peru_core.io import save_state_dict
+
+        save_state_dict(sd, self.staging / rel, metadata={"imported_from": src.name})
+        return rel
+
+
+def _data(path: Optional[Path], what: str) -> Optional[dict[str, str]]:
+    if path is None:
+        return None
+    if path.is_dir():
+        return {"kind": "folder", "path": str(path.resolve())}
+    if path.is_file() and path.suffix == ".npz":
+        return {"kind": "npz", "path": str(path.resolve())}
+    raise PeruError(f"The {what} {path} is neither an image folder nor an .npz file; pick one of those.")
+
+
+def write_zoo(folder: str | Path, architecture: str, base_path: str | Path,
+              tasks: Sequence[TaskInput | Mapping[str, Any]], *, name: Optional[str] = None, description: str = "",
+              templates: Sequence[str] = ("a photo of a {}.",), tuned_prefix: str = "visual.",
+              model_config: Optional[dict[str, Any]] = None, image_mean: Sequence[float] = (),
+              image_std: Sequence[float] = (), copy: bool = True, convert_pickles: bool = False,
+              on_progress: Progress = None) -> Zoo:
+    """Write ``folder/zoo.json`` (and imported files) for ``architecture`` (an open_clip name) and return the Zoo.
+
+    Data folders are referenced where they are (absolute paths); checkpoints are copied unless ``copy=False``
+    (then files that already fit are referenced in place; imported ones are always written into the zoo).
+    Raises :class:`PeruError` with the first problem found; nothing is left half-written.
+    """
+    folder = Path(folder).expanduser().resolve()
+    specs = [TaskInput.of(t) for t in tasks]
+    if not specs:
+        raise PeruError("A zoo needs at least one task; add a task with its classes and a checkpoint.")
+    if len({_slug(s.name) for s in specs}) < len(specs):
+        raise PeruError("Two tasks have the same (or a too similar) name; give every task a distinct name.")
+    report(on_progress, 0.0, f"building {architecture} on the meta device")
+    expected = architecture_shapes(architecture, model_config)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".staging", dir=folder.parent))
+    try:
+        w = _Writer(staging, expected, tuned_prefix, copy, convert_pickles)
+        base_ref = w.base(Path(base_path).expanduser())
+        entries = []
+        for i, s in enumerate(specs):
+            report(on_progress, (i + 1) / (len(specs) + 2), f"task {s.name}")
+            entry: dict[str, Any] = {"name": s.name, "classes": list(s.classes), **s.extra}
+            if s.label:
+                entry["label"] = s.label
+            if s.templates:
+                entry["templates"] = list(s.templates)
+            if s.finetuned is not None:
+                entry["finetuned"] = w.finetuned(s.finetuned, s.name, base_ref)
+            if s.lora is not None:
+                entry["lora"] = w.adapter(s.lora, s.name)
+            for split in ("test", "validation"):
+                ref = _data(getattr(s, split), f"{split} data of task {s.name!r}")
+                if ref:
+                    entry[split] = ref
+            entries.append(entry)
+        manifest: dict[str, Any] = {"format": FORMAT_VERSION, "name": name or folder.name, "description": description,
+                                    "architecture": architecture, "base": base_ref, "tuned_prefix": tuned_prefix,
+                                    "templates": list(templates), "tasks": entries}
+        if model_config is not None:
+            manifest["model_config"] = model_config
+        if image_mean:
+            manifest["image_mean"], manifest["image_std"] = list(image_mean), list(image_std)
+        if w.notes:
+            manifest["notes"] = w.notes
+        (staging / "zoo.json").write_text(json.dumps(manifest, indent=2))
+        report(on_progress, (len(specs) + 1) / (len(specs) + 2), "validating")
+        problems = zoo_problems(staging)
+        if problems:
+            raise PeruError(problems[0])
+        (staging / "zoo.json").write_text(json.dumps(_relative(manifest, folder), indent=2))
+        _commit(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report(on_progress, 1.0, "zoo written")
+    return load_zoo(folder)
+
+
+def _relative(obj: Any, folder: Path) -> Any:
+    """Absolute paths inside ``folder`` become relative, so a zoo folder can be moved as a whole."""
+    if isinstance(obj, dict):
+        return {k: _relative(v, folder) if k in ("base", "finetuned", "lora", "path", "test", "validation", "tasks")
+                else v for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_relative(v, folder) for v in obj]
+    if isinstance(obj, str) and os.path.isabs(obj) and Path(obj).is_relative_to(folder):
+        return str(Path(obj).relative_to(folder))
+    return obj
+
+
+def _commit(staging: Path, folder: Path) -> None:
+    """Move every staged file into ``folder`` (one atomic rename each), ``zoo.json`` last."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != "zoo.json")
+    for p in files + [staging / "zoo.json"]:
+        dst = folder / p.relative_to(staging)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(p, dst)

@@ -1,0 +1,53 @@
+"""Take a screenshot of every page (docs/screenshots/*.png) with Debian's Chromium.
+
+    python3 scripts/screenshots.py [--out docs/screenshots] [--home DIR]
+
+Starts ``streamlit run app.py`` on a free port with ``PERU_HOME`` in a temporary folder (or ``--home``, to reuse a
+results store), computes what each page needs by pressing its buttons, and saves full-page PNGs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "browser"))
+
+from harness import chromium, key, open_page, screenshot, streamlit_server, wait_idle  # noqa: E402
+
+PAGES = [  # (url path, file name, buttons to press in order)
+    ("", "home", []),
+    ("Merge_lab", "merge_lab", ["lab_compute"]),
+    ("Trade-offs", "tradeoffs", ["to_compute"]),
+    ("Spectra", "spectra", []),
+    ("Embeddings", "embeddings", ["em_compute"]),
+    ("Upload", "upload", []),
+]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    ap.add_argument("--home", type=Path, default=None, help="PERU_HOME to use (default: a temporary folder)")
+    args = ap.parse_args()
+    home = args.home or Path(tempfile.mkdtemp(prefix="peru_shots_"))
+    with streamlit_server({"PERU_HOME": str(home)}, home / "streamlit.log") as url, chromium() as page:
+        for path, name, buttons in PAGES:
+            t = time.monotonic()
+            open_page(page, url, path)
+            for b in buttons:
+                button = page.locator(f"{key(b)} button")
+                if button.count() and button.first.is_enabled():
+                    button.first.click()
+                    wait_idle(page, started=3.0, timeout=600)
+            page.wait_for_timeout(1500)  # let plotly finish drawing
+            screenshot(page, args.out / f"{name}.png")
+            print(f"{name}: {time.monotonic() - t:.1f} s -> {args.out / (name + '.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
