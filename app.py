@@ -9,8 +9,10 @@ import pandas as pd
 import streamlit as st
 
 from peru_core import viz
+from peru_core.experiments import available_sources
 from peru_core.statedict import numel
-from ui import cache, page, sidebar, specs, state
+from peru_core.spec import RunSpec
+from ui import cache, page, sidebar, state
 from ui.widgets import lora_rank
 
 page.setup("Home", "🧬")
@@ -32,7 +34,7 @@ with page.user_errors():
     zoo = ctx.zoo
     total = sum(p.numel() for p in rt.model.parameters())
     tuned = numel(rt.base_state())
-    r = lora_rank(rt) if any(t.lora for t in zoo.tasks) else 0
+    r = lora_rank(rt)
     c = st.columns(5)
     c[0].metric("Tasks", len(zoo.tasks))
     c[1].metric("Architecture", zoo.architecture)
@@ -49,13 +51,13 @@ with page.user_errors():
     } for t in zoo.tasks]).set_index("task"))
 
     st.subheader("Pre-trained and fine-tuned accuracy per task")
-    sources = [s for s in ("full", "lora") if any((t.finetuned if s == "full" else t.lora) for t in zoo.tasks)]
-    wanted = list(dict.fromkeys(sp for s in sources for sp in specs.references(s)))
+    sources = [s.value for s in available_sources(rt)]
+    wanted = [RunSpec.make("pretrained")] + [RunSpec.make("single-task", s) for s in sources]
     todo = cache.missing(rt, wanted, ctx.zoo_hash)
     small = tuned < 5_000_000 or ctx.device == "cuda"  # seconds, not minutes: evaluate without asking
     if todo and (small or st.button("Evaluate the pre-trained and fine-tuned models", key=state.HOME_EVALUATE)):
         cache.compute(rt, todo, "Evaluating the references")
-        todo = []
+        st.rerun()
     if todo:
         st.info("These accuracies are not computed yet for this zoo; press the button (it evaluates every task).")
     else:

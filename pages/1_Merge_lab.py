@@ -28,7 +28,7 @@ with page.user_errors():
     rt = ctx.runtime
     left, right = st.columns([1, 2.2], gap="large")
     with left:
-        source = widgets.source_picker(state.LAB_SOURCE, ctx.zoo)
+        source = widgets.source_picker(state.LAB_SOURCE, rt)
         merge, params = widgets.merge_picker("lab", ctx.zoo)
         modes = specs.REUSE_MODES[source]
         mode = state.kept(st.radio, "Task-specific part", key=state.LAB_MODE, options=list(modes),
@@ -50,6 +50,8 @@ with page.user_errors():
     with right:
         if todo and (clicked or auto):
             cache.compute(rt, todo, f"Computing {wanted[-1].label}")
+            if clicked:
+                st.rerun()  # redraw the controls (the button is disabled once nothing is missing)
             todo = []
         if todo:
             st.info(f"**{wanted[-1].label}** is not computed yet: press **Compute** "

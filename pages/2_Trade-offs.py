@@ -37,7 +37,7 @@ with page.user_errors():
     rt = ctx.runtime
     c = st.columns([1, 2, 2, 1])
     with c[0]:
-        source = widgets.source_picker(state.TO_SOURCE, ctx.zoo)
+        source = widgets.source_picker(state.TO_SOURCE, rt)
     options = specs.method_options(source, ctx.zoo)
     with c[1]:
         methods = state.kept(st.multiselect, "Methods", key=state.TO_METHODS, options=list(options),
@@ -57,15 +57,15 @@ with page.user_errors():
     todo = cache.missing(rt, wanted, ctx.zoo_hash)
     with c[3]:
         st.write("")
-        clicked = st.button(f"Compute {len(todo)} missing" if todo else "All computed", key=state.TO_COMPUTE,
-                            type="primary", disabled=not todo)
+        clicked = st.button("Compute the missing", key=state.TO_COMPUTE, type="primary", disabled=not todo,
+                            help="Evaluates every setting of the sweep that the results store lacks.")
     if clicked and todo:
         cache.compute(rt, todo, "Computing the sweep")
-        todo = []
+        st.rerun()  # redraw the controls with everything computed
     done = [sp for sp in wanted if sp not in set(todo)]
     if todo:
-        st.info(f"{len(done)} of {len(wanted)} settings are computed; press **Compute {len(todo)} missing** for "
-                "the rest (each evaluates every task). The plots show what is computed.")
+        st.info(f"{len(done)} of {len(wanted)} settings are computed; press **Compute the missing** for "
+                f"the other {len(todo)} (each evaluates every task). The plots show what is computed.")
     if not done:
         st.stop()
     df = cache.results(rt, done, ctx.zoo_hash)

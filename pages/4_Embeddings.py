@@ -46,7 +46,7 @@ with page.user_errors():
     with c[0]:
         task = state.kept(st.selectbox, "Task", key=state.EM_TASK, options=ctx.zoo.task_names, index=0,
                           format_func=lambda n: ctx.zoo.task(n).label)
-        source = widgets.source_picker(state.EM_SOURCE, ctx.zoo)
+        source = widgets.source_picker(state.EM_SOURCE, rt)
     options = specs.panel_options(source, ctx.zoo)
     with c[2]:
         chosen = state.kept(st.multiselect, "Panels", key=state.EM_METHODS, options=list(options),

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import builtins
 import collections
-import os
 import pickle
-import tempfile
 import threading
 import types
 import warnings
@@ -25,10 +23,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors.torch import save_file
 
 from peru_core import hf_clip
 from peru_core.errors import PeruError
+from peru_core.io import load_state_dict, save_state_dict
 from peru_core.types import Progress, StateDict, report
 
 RISK = ("A pickled checkpoint (.pt/.pth/.bin written by torch.save) is a program as much as data: loading it with "
@@ -43,8 +41,10 @@ _DANGEROUS = {"os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "imp
               "webbrowser", "pickle", "_pickle", "marshal", "code", "codeop", "types", "signal", "multiprocessing",
               "asyncio", "threading", "_thread", "http", "urllib", "requests", "pdb", "bdb", "platform", "timeit",
               "zipimport", "pkgutil", "torch.hub", "torch.serialization", "torch.jit", "torch.package"}
-_SAFE_BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "bytearray", "bytes", "slice", "complex", "int",
-                  "float", "bool", "str", "range"}
+# Plain containers and scalars only (no bytes/bytearray/range: a pickled size could make them allocate terabytes).
+_SAFE_BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "slice", "complex", "int", "float", "bool", "str"}
+# Resolved once here, so find_class never calls getattr on torch with a name from the file (no lazy imports).
+_TORCH_DTYPES = {n: getattr(torch, n) for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)}
 
 
 class Inert:
@@ -120,8 +120,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
+        if module == "torch" and name in _TORCH_DTYPES:
+            return _TORCH_DTYPES[name]
         qual = f"{module}.{name}"
         root = module.split(".")[0]
         _found().append(qual)
@@ -183,6 +183,12 @@ def _collect(obj: Any, prefix: str, out: StateDict, seen: set[int], depth: int =
             _collect(v, f"{prefix}{i}.", out, seen, depth + 1)
 
 
+def _looks_pickled(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head[:2] == b"PK" or (len(head) == 2 and head[0] == 0x80)  # torch.save zip, or a raw pickle
+
+
 def _check_archive(path: Path) -> None:
     if not path.is_file():
         raise PeruError(f"{path} does not exist; give the pickled checkpoint to convert.")
@@ -223,27 +229,6 @@ def read_pickled_checkpoint(path: str | Path) -> tuple[StateDict, list[str]]:
     return sd, found
 
 
-def save_safetensors_atomic(tensors: StateDict, dst: str | Path, metadata: Optional[dict[str, str]] = None) -> None:
-    """Write ``tensors`` to ``dst`` through a temp file in the same folder, so ``dst`` is never half-written."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    seen: set[int] = set()
-    clean: StateDict = {}
-    for k, t in tensors.items():
-        ptr = t.untyped_storage().data_ptr()
-        whole = t.untyped_storage().nbytes() == t.numel() * t.element_size()
-        clean[k] = t.contiguous() if (whole and ptr not in seen and t.is_contiguous()) else t.contiguous().clone()
-        seen.add(ptr)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        save_file(clean, tmp, metadata=metadata)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass(frozen=True)
 class Conversion:
     """What :func:`convert_checkpoint` did: tensors written, globals neutralised, the risk it avoided."""
@@ -252,9 +237,11 @@ class Conversion:
     tensors: int
     values: int
     neutralised: tuple[str, ...]
+    pickled: bool = True
 
     def explain(self) -> str:
-        lines = [RISK, f"Wrote {self.tensors} tensors ({self.values:,} values) to {self.out}."]
+        lines = [RISK] if self.pickled else []
+        lines += [f"Wrote {self.tensors} tensors ({self.values:,} values) to {self.out}."]
         if self.neutralised:
             lines.append("Neutralised (recorded, never run): " + ", ".join(self.neutralised) + ".")
         return "\n".join(lines)
@@ -264,18 +251,25 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, only: Optional[str] 
                        on_progress: Progress = None) -> Conversion:
     """Convert a pickled checkpoint ``src`` to safetensors ``dst`` (open_clip names, dtypes kept), safely.
 
+    A safetensors ``src`` in Hugging Face CLIP names is only renamed (no pickle involved).
+
     ``only`` keeps the keys under one prefix (e.g. ``"visual."`` for an image encoder's fine-tuned part).
     """
     dst = Path(dst)
     if dst.suffix != ".safetensors":
         raise PeruError(f"The output {dst.name} should end in .safetensors.")
-    report(on_progress, 0.0, f"reading {Path(src).name} with the restricted unpickler")
-    sd, found = read_pickled_checkpoint(src)
+    src = Path(src)
+    pickled = not (src.is_file() and not _looks_pickled(src))
+    if not pickled:  # safetensors in Hugging Face names: rename only, no risk
+        sd, found = hf_clip.to_open_clip(load_state_dict(src)), []
+    else:
+        report(on_progress, 0.0, f"reading {src.name} with the restricted unpickler")
+        sd, found = read_pickled_checkpoint(src)
     if only:
         sd = {k: v for k, v in sd.items() if k.startswith(only)}
         if not sd:
             raise PeruError(f"{src} has no tensors under {only!r}; drop --only or fix the prefix.")
     report(on_progress, 0.6, f"writing {len(sd)} tensors")
-    save_safetensors_atomic(sd, dst, metadata={"converted_from": Path(src).name, "format": "pt"})
+    save_state_dict(sd, dst, metadata={"converted_from": src.name, "format": "pt"})
     report(on_progress, 1.0, "done")
-    return Conversion(dst, len(sd), sum(t.numel() for t in sd.values()), tuple(found))
+    return Conversion(dst, len(sd), sum(t.numel() for t in sd.values()), tuple(found), pickled)

@@ -34,6 +34,7 @@ def main() -> int:
     ap.add_argument("--home", type=Path, default=None, help="PERU_HOME to use (default: a temporary folder)")
     args = ap.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="peru_shots_"))
+    home.mkdir(parents=True, exist_ok=True)
     with streamlit_server({"PERU_HOME": str(home)}, home / "streamlit.log") as url, chromium() as page:
         for path, name, buttons in PAGES:
             t = time.monotonic()

@@ -12,8 +12,10 @@ from peru_core.errors import PeruError
 from peru_core.store import peru_home
 from peru_core.zoo.manifest import DEMO_ZOO, Zoo
 from ui import cache, state
-from ui.page import user_errors
 
+NAV = (("app.py", "Home", "🧬"), ("pages/1_Merge_lab.py", "Merge lab", "⚗️"),
+       ("pages/2_Trade-offs.py", "Trade-offs", "📈"), ("pages/3_Spectra.py", "Spectra", "🌈"),
+       ("pages/4_Embeddings.py", "Embeddings", "🔭"), ("pages/5_Upload.py", "Upload", "📦"))
 KINDS = {"demo": "Demo zoo", "folder": "A zoo folder on disk", "uploaded": "A zoo created by upload"}
 
 
@@ -65,7 +67,9 @@ def _pick_root() -> Path | None:
 def context(required: bool = True) -> Context | None:
     """Draw the sidebar and return the chosen zoo and device; with ``required`` stop the page (one sentence)
     when no zoo can be loaded."""
-    st.sidebar.markdown("**PERU Studio**")
+    for path, label, icon in NAV:  # our own links: the built-in list would call Home "app"
+        st.sidebar.page_link(path, label=label, icon=icon)
+    st.sidebar.divider()
     root = _pick_root()
     devices = available_devices()
     device = state.kept(st.sidebar.selectbox, "Device", key=state.DEVICE, options=devices, index=0,
@@ -82,8 +86,8 @@ def context(required: bool = True) -> Context | None:
         if not required:
             st.sidebar.warning(str(e))
             return None
-        with user_errors():
-            raise e
+        st.error(str(e))
+        st.stop()
     except OSError as e:  # a file vanished between listing and hashing
         st.error(f"Could not read the zoo at {root} ({e.strerror}); check the folder and try again.")
         st.stop()

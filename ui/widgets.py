@@ -57,9 +57,16 @@ def _help(methods: list[MergeMethod]) -> str:
     return "  \n".join(f"**{m.label}**: {m.summary}" for m in methods if m.summary)
 
 
-def source_picker(key: str, zoo: Zoo) -> str:
-    """Full or LoRA fine-tunes (only the kinds this zoo has)."""
-    have = [s for s in SOURCES if any((t.finetuned if s == "full" else t.lora) is not None for t in zoo.tasks)]
+def source_picker(key: str, rt) -> str:
+    """Full or LoRA fine-tunes (only the kinds every task of the zoo has)."""
+    from peru_core.experiments import available_sources
+
+    have = [s.value for s in available_sources(rt)]
+    if not have:
+        from peru_core.errors import PeruError
+
+        raise PeruError("No fine-tune kind is present for every task of this zoo; give each task a full "
+                        "fine-tune or a LoRA adapter.")
     return state.kept(st.radio, "Fine-tunes", key=key, options=have, format_func=SOURCES.get, index=0,
                       horizontal=True)
 
@@ -83,5 +90,7 @@ def rank_slider(key: str, rank: int, value: int = 4, label: str = "q: rank kept 
 
 def lora_rank(rt) -> int:
     """The largest LoRA rank r among the zoo's adapters (0 when it has none)."""
-    ranks = [f.rank for t in rt.zoo.tasks if t.lora is not None for f in rt.adapter(t.name).values()]
-    return max(ranks, default=0)
+    from peru_core.experiments import available_sources, lora_rank as rank
+    from peru_core.spec import Source
+
+    return rank(rt) if Source.LORA in available_sources(rt) else 0

@@ -22,7 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(RISK, file=sys.stderr)
     done = convert_checkpoint(args.src, args.dst, only=args.only)
+    if done.pickled:
+        print(RISK, file=sys.stderr)
     print(done.explain().removeprefix(RISK).strip())
     return 0

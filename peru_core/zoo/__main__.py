@@ -18,6 +18,17 @@ def _progress(fraction: float, message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {100 * fraction:5.1f}% {message}", file=sys.stderr, flush=True)
 
 
+def _override(cfg, item: str):
+    """``a.b=v`` -> a copy of ``cfg`` with field ``a.b`` set to ``v`` (cast to the field's current type)."""
+    path, _, value = item.partition("=")
+    head, _, rest = path.partition(".")
+    if not hasattr(cfg, head) or not value:
+        raise PeruError(f"--set {item!r} names no recipe field; use e.g. finetune.lr=0.01.")
+    if rest:
+        return replace(cfg, **{head: _override(getattr(cfg, head), f"{rest}={value}")})
+    return replace(cfg, **{head: type(getattr(cfg, head))(value)})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m peru_core.zoo", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -29,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--device", default=None, help="cpu (default; the shipped zoo) or cuda, for iterating")
     b.add_argument("--data-cache", type=Path, default=None, help="an .npz of all task images: written when "
                    "missing, read when present (for machines without the data packages)")
-    b.add_argument("--pretrain-steps", type=int, default=None)
-    b.add_argument("--finetune-steps", type=int, default=None)
+    b.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a recipe field, e.g. finetune.lr=0.01 or pretrain.steps=600 (for experiments)")
     r = sub.add_parser("report", help="print pre-trained / fine-tuned / LoRA / Task Arithmetic accuracy of a zoo")
     r.add_argument("zoo", nargs="?", type=Path, default=DEMO_ZOO)
     r.add_argument("--device", default=None)
@@ -45,10 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = replace(cfg, threads=args.threads)
             if args.device:
                 cfg = replace(cfg, device=args.device)
-            if args.pretrain_steps:
-                cfg = replace(cfg, pretrain=replace(cfg.pretrain, steps=args.pretrain_steps))
-            if args.finetune_steps:
-                cfg = replace(cfg, finetune=replace(cfg.finetune, steps=args.finetune_steps))
+            for item in args.set:
+                cfg = _override(cfg, item)
             out = build(args.out, cfg, _progress, args.data_cache)
             build_info = load_zoo(out).extra["build"]
             print(format_metrics(build_info["metrics"]))

@@ -53,7 +53,10 @@ class TaskInput:
         for k in ("finetuned", "lora", "test", "validation"):
             if k in kw:
                 kw[k] = Path(kw[k]).expanduser()
-        kw["classes"] = tuple(kw.get("classes", ()))
+        classes = kw.get("classes", ())
+        if isinstance(classes, str):  # a text box: one class per line, or comma-separated
+            classes = [c.strip() for c in re.split(r"[\n,]", classes) if c.strip()]
+        kw["classes"] = tuple(classes)
         kw["templates"] = tuple(kw.get("templates", ()))
         return cls(**kw, extra={k: v for k, v in obj.items() if k not in known})
 

@@ -109,7 +109,15 @@ def move_slider(page, name: str, steps: int) -> None:
         thumb.press("ArrowRight" if steps > 0 else "ArrowLeft")
 
 
-def screenshot(page, path: Optional[Path]) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(path), full_page=True)
+def screenshot(page, path: Optional[Path], width: int = 1500) -> None:
+    """A PNG of the whole page: Streamlit scrolls inside its main section, so grow the viewport to fit it first."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height = page.evaluate("() => Math.max(...[...document.querySelectorAll('[data-testid=stMain], "
+                           "[data-testid=stMainBlockContainer]')].map(e => e.scrollHeight), 800)")
+    old = page.viewport_size
+    page.set_viewport_size({"width": width, "height": min(int(height) + 40, 8000)})
+    page.wait_for_timeout(800)  # plotly redraws at the new size
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(old)

@@ -133,6 +133,21 @@ def test_hostile_pickle_is_refused_without_running(tmp_path, kind):
     assert marker.exists()
 
 
+def test_unknown_callable_is_neutralised_not_run(tmp_path):
+    """A side effect through a callable outside the refused list (Path.touch) is recorded, never called."""
+    from pathlib import Path
+
+    marker = tmp_path / "touched"
+    src = tmp_path / "sneaky.pt"
+    torch.save({"visual.conv1.weight": torch.ones(2, 3), "x": Hostile((Path.touch, (marker,)))}, src,
+               pickle_protocol=4)
+    done = convert_checkpoint(src, tmp_path / "ok.safetensors")
+    assert not marker.exists() and "pathlib.Path.touch" in done.neutralised
+    assert set(load_file(tmp_path / "ok.safetensors")) == {"visual.conv1.weight"}
+    torch.load(src, weights_only=False)  # the unrestricted loader does call it
+    assert marker.exists()
+
+
 def test_cli_convert_and_refusal(encoder_pickle, tmp_path, capsys):
     path, _ = encoder_pickle
     assert main(["convert", str(path), str(tmp_path / "ok.safetensors")]) == 0
@@ -154,3 +169,16 @@ def test_torchscript_and_non_checkpoints_are_refused(tmp_path):
     torch.save({"layer.weight": torch.ones(2)}, tmp_path / "other.pt")
     with pytest.raises(PeruError, match="CLIP"):
         read_pickled_checkpoint(tmp_path / "other.pt")
+
+
+def test_hf_safetensors_is_renamed_without_the_unpickler(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+
+    cfg = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=4, image_size=16, patch_size=4, projection_dim=8)
+    hf = transformers.CLIPVisionModelWithProjection(cfg)
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, tmp_path / "model.safetensors")
+    done = convert_checkpoint(tmp_path / "model.safetensors", tmp_path / "oc.safetensors")
+    got = load_file(tmp_path / "oc.safetensors")
+    assert done.neutralised == () and torch.equal(got["visual.proj"], hf.state_dict()["visual_projection.weight"].t())

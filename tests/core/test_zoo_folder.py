@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from peru_core import hf_clip
 from peru_core.errors import PeruError
 from peru_core.io import load_lora_adapter
 from peru_core.models import create_clip
@@ -54,13 +55,14 @@ def hf_vision_model(seed=0):
 def test_write_open_clip_zoo_and_evaluate(inputs):
     tmp, base = inputs
     zoo = write_zoo(tmp / "zoo", ARCH, tmp / "base.safetensors",
-                    [{"name": "colours", "classes": list(CLASSES), "finetuned": str(tmp / "ft_a.safetensors"),
+                    [{"name": "colours", "classes": "red\ngreen, blue", "finetuned": str(tmp / "ft_a.safetensors"),
                       "test": str(tmp / "images"), "source": "made in the test"}],
                     model_config=CONFIG, description="test zoo")
     raw = json.loads((tmp / "zoo" / "zoo.json").read_text())
     assert raw["base"] == "base.safetensors" and raw["tasks"][0]["finetuned"] == "checkpoints/colours.safetensors"
     assert raw["tasks"][0]["test"] == {"kind": "folder", "path": str((tmp / "images").resolve())}
     assert raw["tasks"][0]["source"] == "made in the test" and "notes" not in raw
+    assert raw["tasks"][0]["classes"] == list(CLASSES)  # a form's text box: lines or commas
     assert zoo_problems(tmp / "zoo") == [] and validate_zoo(tmp / "zoo").task_names == ["colours"]
     from peru_core.zoo.runtime import ZooRuntime
 
@@ -89,7 +91,7 @@ def test_hf_lora_q_v_adapter_lands_on_in_proj(inputs):
     peft = pytest.importorskip("peft")
     tmp, base = inputs
     hf = hf_vision_model()
-    base_hf = {k: v.clone() for k, v in __import__("peru_core.hf_clip").hf_clip.hf_to_open_clip(hf.state_dict()).items()}
+    base_hf = {k: v.clone() for k, v in hf_clip.hf_to_open_clip(hf.state_dict()).items()}
     pm = peft.get_peft_model(hf, peft.LoraConfig(r=2, lora_alpha=3, target_modules=["q_proj", "v_proj"]))
     with torch.no_grad():
         for n, p in pm.named_parameters():
@@ -101,7 +103,7 @@ def test_hf_lora_q_v_adapter_lands_on_in_proj(inputs):
     key = "visual.transformer.resblocks.0.attn.in_proj_weight"
     adapter = load_lora_adapter(zoo.tasks[0].lora, base_keys=base.keys())
     assert set(adapter) == {key} and adapter[key].rank == 4
-    merged = __import__("peru_core.hf_clip").hf_clip.hf_to_open_clip(pm.merge_and_unload().state_dict())
+    merged = hf_clip.hf_to_open_clip(pm.merge_and_unload().state_dict())
     torch.testing.assert_close(base_hf[key] + adapter[key].delta(), merged[key], atol=1e-5, rtol=1e-5)
 
 

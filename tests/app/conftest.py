@@ -1,0 +1,37 @@
+"""AppTest fixtures: every page driven through app.py on the tiny test zoo, with an empty PERU_HOME and no caches
+left over from another test (Streamlit's caches live as long as the process)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 60
+
+
+@pytest.fixture()
+def app(tiny_zoo_dir, peru_home, monkeypatch) -> AppTest:
+    """A fresh AppTest of app.py whose demo zoo is the tiny zoo."""
+    monkeypatch.setenv("PERU_DEMO_ZOO", str(tiny_zoo_dir))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    yield at
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def ok(at: AppTest) -> AppTest:
+    """Fail with the page's own words when it raised or showed an error."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def open_page(at: AppTest, page: str) -> AppTest:
+    """Run Home once (as a browser session does), then switch to ``page`` (e.g. "pages/1_Merge_lab.py")."""
+    ok(at.run())
+    return ok(at.switch_page(page).run())
