@@ -15,7 +15,7 @@ from peru_core.spec import RunSpec
 from ui import cache, page, sidebar, state
 from ui.widgets import lora_rank
 
-page.setup("Home", "🧬")
+page.setup("Home", ":material/home:")
 ctx = sidebar.context()
 page.intro(
     "PERU Studio",

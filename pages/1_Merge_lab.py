@@ -10,7 +10,7 @@ from peru_core import viz
 from ui import cache, page, sidebar, specs, state, widgets
 from ui.downloads import downloads
 
-page.setup("Merge lab", "⚗️")
+page.setup("Merge lab", ":material/science:")
 ctx = sidebar.context()
 page.intro(
     "Merge lab",
@@ -67,14 +67,16 @@ with page.user_errors():
         chosen = viz.summary(df).iloc[-1]
         single = viz.summary(df[df["mode"] == "single-task"])
         with st.container(key="lab_results"):
+            st.subheader(chosen["label"])
             m = st.columns(3)
-            m[0].metric(f"Average: {chosen['label']}", f"{chosen['accuracy'] * 100:.2f}%",
-                        f"{(chosen['accuracy'] - single['accuracy'].iloc[0]) * 100:+.2f} vs Single-Task",
-                        delta_color="off")
+            m[0].metric("Average accuracy", f"{chosen['accuracy'] * 100:.2f}%",
+                        f"{(chosen['accuracy'] - single['accuracy'].iloc[0]) * 100:+.2f} points vs Single-Task",
+                        delta_color="off", delta_arrow="off")
             m[1].metric("Extra per task", viz.fmt_bytes(chosen["task_bytes"]),
-                        f"{viz.fmt_count(chosen['task_params'])} params", delta_color="off")
+                        f"{viz.fmt_count(chosen['task_params'])} params", delta_color="off", delta_arrow="off")
             m[2].metric("Total (shared + T x task)", viz.fmt_bytes(chosen["bytes"]),
-                        f"{viz.fmt_count(chosen['params'])} params", delta_color="off")
-            st.table(viz.accuracy_table(df, ctx.zoo.task_names).style.format(precision=2))
-        st.plotly_chart(viz.task_bars(df), key="lab_bars")
-        downloads(rt, wanted[-1], df, prefix="lab")
+                        f"{viz.fmt_count(chosen['params'])} params", delta_color="off", delta_arrow="off")
+        st.plotly_chart(viz.task_bars(df, height=340), key="lab_bars")
+    with st.container(key="lab_table"):
+        st.table(viz.accuracy_table(df, ctx.zoo.task_names).style.format(precision=2))
+    downloads(rt, wanted[-1], df, prefix="lab")

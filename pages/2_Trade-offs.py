@@ -9,7 +9,7 @@ import streamlit as st
 from peru_core import viz
 from ui import cache, page, sidebar, specs, state, widgets
 
-page.setup("Trade-offs", "📈")
+page.setup("Trade-offs", ":material/show_chart:")
 ctx = sidebar.context()
 page.intro(
     "Trade-offs",

@@ -12,7 +12,7 @@ from peru_core import viz
 from peru_core.spec import RunSpec
 from ui import page, sidebar, state, widgets
 
-page.setup("Spectra", "🌈")
+page.setup("Spectra", ":material/equalizer:")
 ctx = sidebar.context()
 page.intro(
     "Spectra",

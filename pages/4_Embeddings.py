@@ -11,7 +11,7 @@ from peru_core import viz
 from peru_core.spec import RunSpec
 from ui import page, sidebar, specs, state, widgets
 
-page.setup("Embeddings", "🔭")
+page.setup("Embeddings", ":material/scatter_plot:")
 ctx = sidebar.context()
 page.intro(
     "Embeddings",

@@ -15,7 +15,7 @@ from peru_core.store import peru_home
 from ui import page, sidebar, state
 from ui import upload as up
 
-page.setup("Upload", "📦")
+page.setup("Upload", ":material/upload_file:")
 sidebar.context(required=False)
 page.intro(
     "Upload",
@@ -173,4 +173,4 @@ with page.user_errors():
         st.session_state[state.SHADOW + state.ZOO_UPLOADED] = name
         st.success(f"Saved zoo {zoo.name!r} with {len(zoo.tasks)} tasks in {target}; it is now selected in the "
                    "sidebar.")
-        st.page_link("app.py", label="See its summary on Home", icon="🏠")
+        st.page_link("app.py", label="See its summary on Home", icon=":material/home:")

@@ -34,7 +34,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # ----------------------------------------------------------------------------------------------- safetensors files
 def _is_pickle(head: bytes) -> bool:
     # torch.save writes a zip archive (PK\x03\x04); older files and raw pickles start with the PROTO opcode 0x80.
-    return head[:4] == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+    return bytes(head[:4]) == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
 
 
 def _available_memory() -> Optional[int]:
@@ -59,14 +59,14 @@ def read_header(head: bytes, total_size: int, name: str) -> dict:
     if len(head) < 8:
         raise PeruError(f"{name} is too short to be a safetensors file ({total_size} bytes); the file is truncated "
                         "or empty, so copy or export it again.")
-    (n,) = struct.unpack("<Q", head[:8])
+    (n,) = struct.unpack("<Q", bytes(head[:8]))
     if n > total_size - 8 or n > 100_000_000:
         raise PeruError(f"{name} is not a valid safetensors file (bad header length); the file is corrupt or "
                         "truncated, so copy or export it again.")
     if len(head) < 8 + n:
         raise PeruError(f"{name} is truncated inside its header; copy or export it again.")
     try:
-        header = json.loads(head[8:8 + n].decode("utf-8"))
+        header = json.loads(bytes(head[8:8 + n]).decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError
         end = 0
@@ -101,9 +101,9 @@ def load_state_dict(src: Source, *, name: Optional[str] = None, max_bytes: Optio
     read from a bad file. Pickles are refused with a hint to ``python -m peru_core convert``.
     """
     if isinstance(src, (bytes, bytearray, memoryview)):
-        data = bytes(src)
+        data = src if isinstance(src, bytes) else bytes(src)
         name = name or "the uploaded file"
-        header = read_header(data[:8 + min(len(data), 100_000_000)], len(data), name)
+        header = read_header(memoryview(data)[:8 + 100_000_000], len(data), name)  # a view: no copy
         _check_size(header["__data_bytes__"], name, max_bytes)
         try:
             return safetensors.torch.load(data)

@@ -2,8 +2,9 @@
 
 ``Delta = s * B @ A`` (B: out x r, A: r x in). With ``B = Q_b R_b`` and ``A^T = Q_a R_a`` (reduced QR),
 ``Delta = Q_b (s R_b R_a^T) Q_a^T``; the SVD of the r x r core ``s R_b R_a^T = U_c S V_c^T`` gives
-``Delta = (Q_b U_c) S (Q_a V_c)^T``. Cost O((out + in) r^2 + r^3) instead of O(out * in * min(out, in)); computed in
-float64 because the float32 core misses 1e-4 on badly conditioned factors. PERU: https://arxiv.org/abs/2310.01886
+``Delta = (Q_b U_c) S (Q_a V_c)^T``. Cost O((out + in) r^2 + r^3) instead of O(out * in * min(out, in)). The core
+is always float64 (a float32 core misses 1e-4 on badly conditioned factors); the QR runs in the factors' precision
+unless asked for float64 (spectra use float64). PERU: https://arxiv.org/abs/2310.01886
 """
 from __future__ import annotations
 
@@ -55,31 +56,111 @@ class LowRank:
         return LowRank(self.U.to(dtype), self.S.to(dtype), self.Vh.to(dtype))
 
 
-def product_svd(A: torch.Tensor, B: torch.Tensor, scale: float = 1.0) -> LowRank:
-    """Thin SVD of ``scale * B @ A`` via QR(B), QR(A^T) and an r x r core SVD, in float64 (never a dense SVD)."""
-    A64, B64 = A.detach().to(torch.float64), B.detach().to(torch.float64)
-    qb, rb = torch.linalg.qr(B64)  # out x r', r' x r
-    qa, ra = torch.linalg.qr(A64.T)  # in x r'', r'' x r
-    uc, s, vch = torch.linalg.svd(scale * (rb @ ra.T), full_matrices=False)
-    return LowRank(qb @ uc, s, vch @ qa.T)
+class ProductSVD:
+    """The thin SVD of ``scale * B @ A`` from R factors only; singular vectors are formed for the ranks asked for.
+
+    ``QR(B) = Q_b R_b`` and ``QR(A^T) = Q_a R_a`` (Householder, R only: half the work of forming Q); the r x r core
+    ``scale R_b R_a^T = U_c S V_c^T`` in float64; then ``U_q = Q_b U_c[:, :q] = B (R_b^{-1} U_c[:, :q])``, so
+    truncating to q costs O(out r q), not O(out r^2). When an R is (nearly) singular (a zero or repeated LoRA
+    column, e.g. PEFT's zero-initialised B) the explicit Q is formed instead, which is always exact.
+
+    ``qr_dtype``: the QR runs in the factors' precision by default (float32 for float32/16-bit factors: about
+    twice as fast, singular values to ~1e-7 of the largest; Householder QR is column-wise backward stable, so graded
+    factors stay accurate); pass ``torch.float64`` for full double precision throughout.
+    """
+
+    def __init__(self, A: torch.Tensor, B: torch.Tensor, scale: float = 1.0, *,
+                 qr_dtype: Optional[torch.dtype] = None):
+        self._A, self._B = A.detach(), B.detach()
+        self._dt = qr_dtype or (torch.float64 if A.dtype == torch.float64 or B.dtype == torch.float64
+                                else torch.float32)
+        self._rb = torch.linalg.qr(self._B.to(self._dt), mode="r")[1].to(torch.float64)  # r' x r
+        self._ra = torch.linalg.qr(self._A.T.to(self._dt), mode="r")[1].to(torch.float64)  # r'' x r
+        self._uc, self.S, vch = torch.linalg.svd(scale * (self._rb @ self._ra.T), full_matrices=False)
+        self._vc = vch.T
+        self._qb = self._qa = None
+
+    @staticmethod
+    def _well_conditioned(r: torch.Tensor) -> bool:
+        d = r.diagonal().abs()
+        return r.shape[0] == r.shape[1] and bool(d.numel() == 0 or d.min() > 1e-6 * d.max())
+
+    def _left(self, q: int) -> torch.Tensor:
+        if self._well_conditioned(self._rb):
+            small = torch.linalg.solve_triangular(self._rb, self._uc[:, :q], upper=True)  # r x q, float64
+            return (self._B.to(self._dt) @ small.to(self._dt)).to(torch.float64)
+        if self._qb is None:
+            self._qb = torch.linalg.qr(self._B.to(torch.float64))[0]
+        return self._qb @ self._uc[:, :q]
+
+    def _right(self, q: int) -> torch.Tensor:
+        if self._well_conditioned(self._ra):
+            small = torch.linalg.solve_triangular(self._ra, self._vc[:, :q], upper=True)
+            return (self._A.T.to(self._dt) @ small.to(self._dt)).T.to(torch.float64)
+        if self._qa is None:
+            self._qa = torch.linalg.qr(self._A.T.to(torch.float64))[0]
+        return (self._qa @ self._vc[:, :q]).T
+
+    @property
+    def rank(self) -> int:
+        return int(self.S.numel())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self._B.shape[0]), int(self._A.shape[1])
+
+    @property
+    def params(self) -> int:
+        return self.rank * (self.shape[0] + self.shape[1] + 1)
+
+    def truncate(self, rank: int) -> LowRank:
+        """The best rank-``rank`` approximation (float64 factors); ranks above the available one keep all."""
+        if rank < 0:
+            raise PeruError(f"rank={rank} is negative; give a rank of 0 or more.")
+        q = min(int(rank), self.rank)
+        return LowRank(self._left(q), self.S[:q], self._right(q))
+
+    def full(self) -> LowRank:
+        return self.truncate(self.rank)
+
+    @property
+    def U(self) -> torch.Tensor:
+        return self._left(self.rank)
+
+    @property
+    def Vh(self) -> torch.Tensor:
+        return self._right(self.rank)
+
+    def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.full().dense(dtype)
 
 
-def factors_svd(f: LoraFactors) -> LowRank:
-    return product_svd(f.A, f.B, f.scale)
+def product_svd(A: torch.Tensor, B: torch.Tensor, scale: float = 1.0, *,
+                qr_dtype: Optional[torch.dtype] = torch.float64) -> LowRank:
+    """Thin SVD of ``scale * B @ A`` via QR(B), QR(A^T) and an r x r core SVD (float64 by default; never a dense
+    SVD)."""
+    return ProductSVD(A, B, scale, qr_dtype=qr_dtype).full()
 
 
-def adapter_svd(adapter: LoraAdapter, on_progress: Progress = None) -> dict[str, LowRank]:
-    """:func:`product_svd` of every LoRA product of ``adapter`` (float64 factors)."""
+def factors_svd(f: LoraFactors, qr_dtype: Optional[torch.dtype] = None) -> ProductSVD:
+    return ProductSVD(f.A, f.B, f.scale, qr_dtype=qr_dtype)
+
+
+def adapter_svd(adapter: LoraAdapter, on_progress: Progress = None, *,
+                qr_dtype: Optional[torch.dtype] = None) -> dict[str, ProductSVD]:
+    """:class:`ProductSVD` of every LoRA product of ``adapter`` (singular vectors formed lazily per rank)."""
     out = {}
     for i, (key, f) in enumerate(adapter.items()):
-        out[key] = factors_svd(f)
+        out[key] = factors_svd(f, qr_dtype)
         report(on_progress, (i + 1) / len(adapter), f"SVD of {adapter.name} LoRA products")
     return out
 
 
 def lora_spectra(adapter: LoraAdapter) -> dict[str, np.ndarray]:
-    """All singular values of each LoRA product, descending (min(r, out, in) of them; the rest are exactly 0)."""
-    return {k: lr.S.numpy().copy() for k, lr in adapter_svd(adapter).items()}
+    """All singular values of each LoRA product, descending (min(r, out, in) of them; the rest are exactly 0).
+
+    Computed in float64 throughout: spectra are drawn on log axes, where the smallest values must be right too."""
+    return {k: lr.S.numpy().copy() for k, lr in adapter_svd(adapter, qr_dtype=torch.float64).items()}
 
 
 def task_vector_spectra(base: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.Tensor], *,
@@ -93,7 +174,7 @@ def task_vector_spectra(base: Mapping[str, torch.Tensor], finetuned: Mapping[str
     return out
 
 
-def truncate_adapter(svds: Mapping[str, LowRank], rank: int, dtype: Optional[torch.dtype] = None) -> dict[str, LowRank]:
+def truncate_adapter(svds: Mapping[str, "LowRank | ProductSVD"], rank: int, dtype: Optional[torch.dtype] = None) -> dict[str, LowRank]:
     """Rank-``rank`` truncation of every product (factors cast to ``dtype`` when given)."""
     return {k: (lr.truncate(rank).to(dtype) if dtype is not None else lr.truncate(rank)) for k, lr in svds.items()}
 

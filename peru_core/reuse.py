@@ -16,7 +16,7 @@ import torch
 
 from peru_core.errors import PeruError
 from peru_core.io import LoraAdapter
-from peru_core.lowrank import LowRank, adapter_svd, apply_lowrank, truncate_adapter
+from peru_core.lowrank import LowRank, ProductSVD, adapter_svd, apply_lowrank, truncate_adapter
 from peru_core.merging.registry import MergeContext, get_method
 from peru_core.sparse import SparseDelta, TopM, check_scope
 from peru_core.statedict import Layout, flat_difference, work_dtype
@@ -84,7 +84,7 @@ class LoraReuse:
 
     def __init__(self, base: Mapping[str, torch.Tensor], adapter: LoraAdapter, on_progress: Progress = None):
         self.base, self.adapter = base, adapter
-        self.svds: dict[str, LowRank] = adapter_svd(adapter, on_progress)
+        self.svds: dict[str, ProductSVD] = adapter_svd(adapter, on_progress)
 
     def task_part(self, rank: int) -> dict[str, LowRank]:
         """Rank-``rank`` factors per target weight, in the base's dtype (what a user stores per task)."""

@@ -70,19 +70,22 @@ def _candidates(x: np.ndarray, thr: float) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
 
-def _sorted_top(x: np.ndarray, k: int) -> np.ndarray:
+def _sorted_top(x: np.ndarray, k: int, scratch: Optional[np.ndarray] = None) -> np.ndarray:
     """Positions of the k largest ``|x|``, by decreasing magnitude, ties to the lower position."""
     if k <= 0:
         return np.empty(0, np.int64)
-    thr = kth_largest_abs(x, k)
+    thr = kth_largest_abs(x, k, scratch=scratch)
     cand = _candidates(x, thr)  # all entries >= the k-th largest, ties included
     mag = np.abs(x[cand])
     if x.dtype == np.float32 and cand.size < 2**32:
         # sort one uint64 key: |x| bits (monotone for non-negative floats) above the inverted position, so a
         # single SIMD integer sort orders by magnitude, then by position (numpy's argsort is 10x slower here).
-        key = mag.view(np.uint32).astype(np.uint64)
-        key <<= np.uint64(32)
-        key |= _LOW - np.arange(cand.size, dtype=np.uint64)
+        key = np.arange(cand.size, dtype=np.uint64)
+        np.subtract(_LOW, key, out=key)
+        hi = mag.view(np.uint32).astype(np.uint64)
+        hi <<= np.uint64(32)
+        key |= hi
+        del hi, mag
         key.sort()
         pos = (_LOW - (key[::-1][:k] & _LOW)).astype(np.int64)
     else:
@@ -162,12 +165,17 @@ class TopM:
     it is kept, not copied, so do not modify it while the selector is in use.
     """
 
-    def __init__(self, vector: torch.Tensor, layout: Layout, scope: str = "global"):
+    def __init__(self, vector: torch.Tensor, layout: Layout, scope: str = "global", *,
+                 scratch: Optional[np.ndarray] = None):
         if vector.dim() != 1 or vector.numel() != layout.size:
             raise ValueError("vector must be flat and match the layout")
+        # optional work buffer (at least layout.size values of the vector's dtype) reused across selectors, so a
+        # sweep over many tasks does not page-fault a fresh |v| copy per task
         self.layout, self.scope = layout, check_scope(scope)
         self.vector = vector.contiguous()
         self._x = self.vector.numpy()
+        ok = scratch is not None and scratch.size >= layout.size and scratch.dtype == self._x.dtype
+        self._scratch = scratch if ok else None
         self._k: list[int] = []  # prepared count per segment (one segment for global)
         self._order: list[np.ndarray] = []  # global flat positions by decreasing magnitude, per segment
         self._vals: list[np.ndarray] = []
@@ -191,7 +199,7 @@ class TopM:
         if self._k and all(w <= k for w, k in zip(want, self._k)):
             return
         self._k = want
-        self._order = [_sorted_top(self._x[s:e], k) + s for k, (s, e) in zip(want, segs)]
+        self._order = [_sorted_top(self._x[s:e], k, self._scratch) + s for k, (s, e) in zip(want, segs)]
         self._vals = [self._x[o] for o in self._order]  # gathered once: every m then takes a prefix view
 
     def select(self, keep: float) -> SparseDelta:

@@ -145,3 +145,40 @@ def unflatten(vec: torch.Tensor, layout: Layout, *, cast: bool = True) -> StateD
         t = vec[s:e].view(layout.shapes[i])
         out[k] = t.to(layout.dtypes[i]) if cast and t.dtype != layout.dtypes[i] else t
     return out
+
+
+def weighted_sum(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, torch.Tensor]],
+                 base_weight: float, task_weight: float, keys: Sequence[str], *,
+                 on_progress=None, message: str = "merging") -> StateDict:
+    """``base_weight * theta_0 + task_weight * sum_t theta_t`` over ``keys``, in one memory-bound pass.
+
+    Works chunk by chunk (each chunk stays in cache while the T inputs stream through), with one preallocated
+    accumulator and in-place ``add_``: every input is read once and the output written once.
+    """
+    from peru_core.types import report
+
+    block = 1 << 18
+    acc = torch.empty(min(block, max(base[k].numel() for k in keys)))
+    out: StateDict = {}
+    for i, k in enumerate(keys):
+        wd = work_dtype(base[k].dtype)
+        if acc.dtype != wd:
+            acc = acc.to(wd)
+        b_all = base[k].reshape(-1)
+        fl = [sd[k].reshape(-1) for sd in finetuned]
+        res = torch.empty(b_all.numel(), dtype=wd)
+        for s in range(0, b_all.numel(), block):
+            e = min(s + block, b_all.numel())
+            a = acc[: e - s]
+            a.copy_(fl[0][s:e])
+            for f in fl[1:]:
+                a.add_(f[s:e])
+            r = res[s:e]
+            if base_weight == 0.0:
+                torch.mul(a, task_weight, out=r)
+            else:
+                torch.mul(b_all[s:e], base_weight, out=r)
+                r.add_(a, alpha=task_weight)
+        out[k] = res.view(base[k].shape) if wd == base[k].dtype else res.view(base[k].shape).to(base[k].dtype)
+        report(on_progress, (i + 1) / len(keys), message)
+    return out

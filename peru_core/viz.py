@@ -71,8 +71,12 @@ def accuracy_table(df: pd.DataFrame, tasks: Optional[Sequence[str]] = None) -> p
 
 def task_bars(df: pd.DataFrame, height: int = 380) -> go.Figure:
     """Grouped bars of per-task accuracy (and the average), one colour per method family."""
-    rows = df[["label", "method", "task", "accuracy"]].copy()
-    avg = rows.groupby(["label", "method"], sort=False, as_index=False)["accuracy"].mean().assign(task="Avg")
+    cols = ["label", "method", "task", "accuracy"] + (["source"] if "source" in df else [])
+    rows = df[cols].copy()
+    if "source" not in rows:
+        rows["source"] = "full"
+    avg = rows.groupby(["label", "method", "source"], sort=False, as_index=False)["accuracy"].mean().assign(
+        task="Avg")
     rows = pd.concat([rows, avg], ignore_index=True)
     rows["accuracy (%)"] = rows["accuracy"] * 100.0
     labels = list(dict.fromkeys(rows["label"]))
@@ -80,6 +84,10 @@ def task_bars(df: pd.DataFrame, height: int = 380) -> go.Figure:
     fig = px.bar(rows, x="task", y="accuracy (%)", color="label", barmode="group", height=height,
                  color_discrete_map={lab: style(fam[lab]).color for lab in labels},
                  category_orders={"label": labels}, hover_data={"method": True, "accuracy (%)": ":.2f"})
+    lora = set(rows.loc[rows["source"] == "lora", "label"])
+    for trace in fig.data:  # LoRA rows hatched: Single-Task and Single-Task [LoRA] share a colour
+        if trace.name in lora:
+            trace.marker.pattern.shape = "/"
     fig.update_layout(yaxis_range=[0, 100], legend_title_text="", margin=dict(t=30, b=10))
     return fig
 
@@ -129,7 +137,8 @@ def tradeoff(df: pd.DataFrame, x: str = "params", frontier: bool = True, highlig
         h = s[s["spec_key"] == highlight]
         fig.add_trace(go.Scatter(x=h[x], y=h["accuracy (%)"], mode="markers", name="current setting",
                                  marker=dict(size=20, color="rgba(0,0,0,0)", line=dict(color="black", width=2))))
-    fig.update_xaxes(dtick=1, tickformat="~s", ticksuffix="B" if "bytes" in x else "")
+    fig.update_xaxes(dtick=1, tickformat="~s", ticksuffix="B" if "bytes" in x else "",
+                     minor=dict(ticks="outside", showgrid=True, gridcolor="rgba(0,0,0,0.04)"))
     fig.update_layout(legend_title_text="", margin=dict(t=30, b=10))
     return fig
 

@@ -18,13 +18,13 @@ sys.path.insert(0, str(ROOT / "tests" / "browser"))
 
 from harness import chromium, key, open_page, screenshot, streamlit_server, wait_idle  # noqa: E402
 
-PAGES = [  # (url path, file name, buttons to press in order)
-    ("", "home", []),
-    ("Merge_lab", "merge_lab", ["lab_compute"]),
-    ("Trade-offs", "tradeoffs", ["to_compute"]),
-    ("Spectra", "spectra", []),
-    ("Embeddings", "embeddings", ["em_compute"]),
-    ("Upload", "upload", []),
+PAGES = [  # (url path, file name, buttons to press in order, key of what must be there before the shot)
+    ("", "home", [], "home_bars"),
+    ("Merge_lab", "merge_lab", ["lab_compute"], "lab_results"),
+    ("Trade-offs", "tradeoffs", ["to_compute"], "to_answer"),
+    ("Spectra", "spectra", [], "sp_lora_spectrum"),
+    ("Embeddings", "embeddings", ["em_compute"], "em_quality"),
+    ("Upload", "upload", [], "up_name"),
 ]
 
 
@@ -36,7 +36,7 @@ def main() -> int:
     home = args.home or Path(tempfile.mkdtemp(prefix="peru_shots_"))
     home.mkdir(parents=True, exist_ok=True)
     with streamlit_server({"PERU_HOME": str(home)}, home / "streamlit.log") as url, chromium() as page:
-        for path, name, buttons in PAGES:
+        for path, name, buttons, ready in PAGES:
             t = time.monotonic()
             open_page(page, url, path)
             for b in buttons:
@@ -44,6 +44,8 @@ def main() -> int:
                 if button.count() and button.first.is_enabled():
                     button.first.click()
                     wait_idle(page, started=3.0, timeout=600)
+            page.wait_for_selector(key(ready), timeout=600_000)
+            wait_idle(page, started=0.5, timeout=600)
             page.wait_for_timeout(1500)  # let plotly finish drawing
             screenshot(page, args.out / f"{name}.png")
             print(f"{name}: {time.monotonic() - t:.1f} s -> {args.out / (name + '.png')}")

@@ -13,9 +13,11 @@ from peru_core.store import peru_home
 from peru_core.zoo.manifest import DEMO_ZOO, Zoo
 from ui import cache, state
 
-NAV = (("app.py", "Home", "🧬"), ("pages/1_Merge_lab.py", "Merge lab", "⚗️"),
-       ("pages/2_Trade-offs.py", "Trade-offs", "📈"), ("pages/3_Spectra.py", "Spectra", "🌈"),
-       ("pages/4_Embeddings.py", "Embeddings", "🔭"), ("pages/5_Upload.py", "Upload", "📦"))
+NAV = (("app.py", "Home", ":material/home:"), ("pages/1_Merge_lab.py", "Merge lab", ":material/science:"),
+       ("pages/2_Trade-offs.py", "Trade-offs", ":material/show_chart:"),
+       ("pages/3_Spectra.py", "Spectra", ":material/equalizer:"),
+       ("pages/4_Embeddings.py", "Embeddings", ":material/scatter_plot:"),
+       ("pages/5_Upload.py", "Upload", ":material/upload_file:"))
 KINDS = {"demo": "Demo zoo", "folder": "A zoo folder on disk", "uploaded": "A zoo created by upload"}
 
 

@@ -8,21 +8,15 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from peru_core.merging.registry import MergeContext, merge_method
-from peru_core.statedict import tuned_keys, work_dtype
-from peru_core.types import Progress, StateDict, report
+from peru_core.statedict import tuned_keys, weighted_sum
+from peru_core.types import Progress, StateDict
 
 
 def average_merge(base: StateDict, finetuned: Sequence[StateDict], *, on_progress: Progress = None) -> StateDict:
     """``mean_t theta_t`` over the fine-tuned keys (equal to ``theta_0 + mean_t (theta_t - theta_0)``)."""
     keys = tuned_keys(base, finetuned)
-    out: StateDict = {}
-    for i, k in enumerate(keys):
-        acc = finetuned[0][k].to(work_dtype(base[k].dtype), copy=True)  # preallocated accumulator, in-place adds
-        for sd in finetuned[1:]:
-            acc.add_(sd[k])
-        out[k] = acc.div_(len(finetuned)).to(base[k].dtype)
-        report(on_progress, (i + 1) / len(keys), "averaging")
-    return out
+    return weighted_sum(base, finetuned, 0.0, 1.0 / len(finetuned), keys, on_progress=on_progress,
+                        message="averaging")
 
 
 @merge_method("average", label="Simple average", paper="https://arxiv.org/abs/2203.05482",

@@ -7,33 +7,22 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import torch
-
 from peru_core.merging.registry import MergeContext, Param, merge_method
-from peru_core.statedict import tuned_keys, work_dtype
-from peru_core.types import Progress, StateDict, report
+from peru_core.statedict import tuned_keys, weighted_sum
+from peru_core.types import Progress, StateDict
 
 
 def task_arithmetic_merge(base: StateDict, finetuned: Sequence[StateDict], lam: float, *,
                           on_progress: Progress = None) -> StateDict:
     """``theta_0 + lam * sum_t v_t`` over the fine-tuned keys.
 
-    Memory-bound, so it touches each input once per tensor: one preallocated accumulator per tensor and in-place
-    ``add_``/``sub_`` (no list of task vectors, no ``sum(list)`` temporaries).
+    Memory-bound, so computed as ``(1 - lam T) theta_0 + lam sum_t theta_t`` in one chunked pass with a
+    preallocated accumulator and in-place ``add_`` (no list of task vectors, no ``sum(list)`` temporaries). The
+    rounding stays at the output's own float32 ulp: the sum of T weights is exact to a few ulp of the weights.
     """
     keys = tuned_keys(base, finetuned)
-    n = len(finetuned)
-    out: StateDict = {}
-    for i, k in enumerate(keys):
-        wd = work_dtype(base[k].dtype)
-        b = base[k].to(wd)
-        # sum_t (theta_t - theta_0), accumulated as differences so small updates keep their precision
-        acc = torch.sub(finetuned[0][k].to(wd), b)
-        for sd in finetuned[1:]:
-            acc.add_(sd[k]).sub_(b)
-        out[k] = acc.mul_(lam).add_(b).to(base[k].dtype)
-        report(on_progress, (i + 1) / len(keys), f"task arithmetic over {n} tasks")
-    return out
+    return weighted_sum(base, finetuned, 1.0 - lam * len(finetuned), lam, keys, on_progress=on_progress,
+                        message=f"task arithmetic over {len(finetuned)} tasks")
 
 
 @merge_method("task_arithmetic", label="Task Arithmetic", paper="https://arxiv.org/abs/2212.04089",

@@ -119,8 +119,9 @@ def _pool(splits: list[Split], ids: dict[tuple[str, str], int], caps: list[list[
     for t, s in enumerate(splits):
         x, y = s.train
         keep = np.isin(y, s.seen)
+        concept = np.array([ids[(s.raw.seen_key or s.raw.name, s.raw.classes[i])] for i in y], dtype=np.int64)
         xs.append(x[keep])
-        cs.append(np.array([ids[(s.raw.seen_key or s.raw.name, s.raw.classes[i])] for i in y[keep]], dtype=np.int64))
+        cs.append(concept[keep])
         ts.append(np.full(int(keep.sum()), t, dtype=np.int64))
     return Captioned(np.concatenate(xs), np.concatenate(cs), caps, np.concatenate(ts))
 

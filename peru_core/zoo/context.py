@@ -16,6 +16,7 @@ the data-driven merges PERU (https://arxiv.org/abs/2310.01886) compares against.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -51,6 +52,18 @@ def mha_context(mha: torch.nn.MultiheadAttention, x: torch.Tensor,
     return out.transpose(1, 2).reshape(b, n, d)
 
 
+class _ImageLogits(torch.nn.Module):
+    """``normalize(encode_image(x)) @ head.T`` as a module, so ``torch.func.functional_call`` can swap weights."""
+
+    def __init__(self, model: torch.nn.Module, head: torch.Tensor) -> None:
+        super().__init__()
+        self.m = model
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.m.encode_image(x).float(), dim=-1) @ self.head.T
+
+
 class ZooContext:
     """Fisher diagonals and Gram matrices on a zoo's validation sets, cached by (task, samples, weights)."""
 
@@ -76,33 +89,41 @@ class ZooContext:
         """Diagonal Fisher of every tuned tensor (same keys and shapes as the tuned part, float32, CPU)."""
         return self._cached("fisher", task, state_dict, samples, lambda: self._fisher(task, state_dict, samples))
 
+    def sample_labels(self, task: TaskRef, x: torch.Tensor) -> torch.Tensor:
+        """One label per image drawn from the loaded model's predictive distribution (seeded per task)."""
+        rt = self.rt
+        head = rt.head(task)
+        gen = torch.Generator().manual_seed(self.seed + 7919 * rt.zoo.task_names.index(rt.spec(task).name))
+        with torch.no_grad():
+            logits = torch.cat([F.normalize(rt.model.encode_image(x[i:i + 256]).float(), dim=-1) @ head.T
+                                for i in range(0, len(x), 256)])
+        return torch.multinomial(logits.softmax(-1).cpu(), 1, generator=gen)[:, 0].to(x.device)
+
     def _fisher(self, task: TaskRef, state_dict: StateDict, samples: int) -> StateDict:
         rt = self.rt
         x = self._samples(task, samples)
         head = rt.head(task).clone()  # a normal tensor: inference tensors cannot take part in autograd
-        gen = torch.Generator().manual_seed(self.seed + 7919 * rt.zoo.task_names.index(rt.spec(task).name))
         with rt.lock:
-            model = rt.load(state_dict)
-            params = {k: p.detach() for k, p in model.named_parameters() if k.startswith(rt.prefix)}
+            wrapper = _ImageLogits(rt.load(state_dict), head)
+            params = {f"m.{k}": p.detach() for k, p in wrapper.m.named_parameters() if k.startswith(rt.prefix)}
+            y = self.sample_labels(task, x)
 
-            def one(p: dict, x1: torch.Tensor, y1: torch.Tensor) -> torch.Tensor:
-                img = functional_call(model.visual, {k[len("visual."):]: v for k, v in p.items()}, (x1[None],))
-                logits = F.normalize(img.float(), dim=-1) @ head.T
-                return F.log_softmax(logits, dim=-1)[0, y1]
+            y = F.one_hot(y, head.shape[0]).float()  # a one-hot row: indexing by a vmapped label is not allowed
 
-            per_sample = vmap(grad(one), in_dims=(None, 0, 0))
-            with torch.no_grad():  # labels drawn from the model's own predictive distribution
-                logits = torch.cat([F.normalize(model.encode_image(x[i:i + 256]).float(), dim=-1) @ head.T
-                                    for i in range(0, len(x), 256)])
-            y = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=gen)[:, 0].to(x.device)
+            def log_p(p: dict, x1: torch.Tensor, y1: torch.Tensor) -> torch.Tensor:
+                return (F.log_softmax(functional_call(wrapper, p, (x1[None],)), dim=-1)[0] * y1).sum()
+
+            per_sample = vmap(grad(log_p), in_dims=(None, 0, 0))
             n_params = sum(p.numel() for p in params.values())
-            chunk = self.chunk or max(1, min(64, int(2e8 // max(1, n_params))))
+            chunk = self.chunk or max(1, min(64, int(2e8 // max(1, n_params))))  # bounds memory: chunk x params
             acc = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
             for i in range(0, len(x), chunk):
-                g = per_sample(params, x[i:i + chunk], y[i:i + chunk])
+                with warnings.catch_warnings():  # vmap falls back to a loop for fused attention kernels; correct
+                    warnings.filterwarnings("ignore", message=".*performance drop.*")
+                    g = per_sample(params, x[i:i + chunk], y[i:i + chunk])
                 for k in acc:
                     acc[k].add_(g[k].float().pow(2).sum(0))
-        return {k: (v / len(x)).cpu() for k, v in acc.items()}
+        return {k[2:]: (v / len(x)).cpu() for k, v in acc.items()}
 
     # --- Gram matrices -----------------------------------------------------------------------------------
     def grams(self, task: TaskRef, state_dict: StateDict, samples: int) -> dict[str, torch.Tensor]:

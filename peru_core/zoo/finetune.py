@@ -35,7 +35,7 @@ class FinetuneConfig:
 class LoraConfigSpec:
     rank: int = 16
     alpha: float = 16.0
-    lr: float = 0.05  # LoRA factors start at B = 0 and need a larger step than full weights
+    lr: float = 0.1  # LoRA factors start at B = 0 and need a larger step than full weights
 
 
 def _lr(step: int, base: float, cfg: FinetuneConfig) -> float:

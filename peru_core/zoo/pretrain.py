@@ -43,7 +43,8 @@ class Captioned:
 def _soft_ce(logits: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against a uniform target over all positives of each row (same concept = positive)."""
     target = same.float() / same.float().sum(dim=1, keepdim=True)
-    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    logp = F.log_softmax(logits, dim=1)
+    return -(target * logp.masked_fill(~same, 0.0)).sum(dim=1).mean()  # 0 * -inf (masked self) -> 0
 
 
 def _lr(step: int, cfg: PretrainConfig) -> float:

@@ -71,7 +71,8 @@ def _is_pickle(path: Path) -> bool:
 
 
 class _Writer:
-    """Stages files and remembers, for every manifest path, whether it lives in the staging folder."""
+    """Puts each checkpoint into the staging folder (copied, or imported in open_clip names) and returns the path
+    the manifest should name; collects notes on every change it made."""
 
     def __init__(self, staging: Path, expected: Shapes, prefix: str, copy: bool, convert_pickles: bool) -> None:
         self.staging, self.expected, self.prefix = staging, expected, prefix
@@ -80,8 +81,6 @@ class _Writer:
         self._base: Optional[StateDict] = None
 
     def _read(self, path: Path) -> StateDict:
-        if not path.is_file():
-            raise PeruError(f"{path} does not exist; pick the checkpoint file.")
         if _is_pickle(path):
             if not self.convert_pickles:
                 raise PeruError(f"{path.name} is a pickled checkpoint, which can run code when loaded; tick "
@@ -101,6 +100,8 @@ class _Writer:
     def _fits(self, path: Path, keys: set[str]) -> bool:
         from peru_core.zoo.validate import _Foreign, checkpoint_shapes
 
+        if not path.is_file():
+            raise PeruError(f"{path} does not exist (or is a folder); pick the checkpoint file.")
         if _is_pickle(path):
             return False
         try:
@@ -191,6 +192,8 @@ class _Writer:
 def _data(path: Optional[Path], what: str) -> Optional[dict[str, str]]:
     if path is None:
         return None
+    if not path.exists():
+        raise PeruError(f"The {what} {path} does not exist; pick the image folder or .npz file.")
     if path.is_dir():
         return {"kind": "folder", "path": str(path.resolve())}
     if path.is_file() and path.suffix == ".npz":

@@ -15,7 +15,7 @@ from peru_core.zoo.runtime import ZooRuntime
 
 @pytest.fixture(scope="module")
 def rt(tiny_zoo_dir):
-    return ZooRuntime(load_zoo(tiny_zoo_dir), device="cpu")
+    return ZooRuntime(load_zoo(tiny_zoo_dir))
 
 
 def _topm_reference(vec: dict, keep: float) -> dict:
@@ -86,7 +86,7 @@ def test_rows_accuracy_and_costs(rt):
 def test_store_hit_and_changed_checkpoint_is_not_stale(tiny_zoo_dir, tmp_path):
     store = ResultsStore(tmp_path / "r.sqlite")
     spec = RunSpec.make("merge", "full", "task_arithmetic", {"lam": 1.0})
-    rt1 = ZooRuntime(load_zoo(tiny_zoo_dir), device="cpu")
+    rt1 = ZooRuntime(load_zoo(tiny_zoo_dir))
     first = ex.run_spec(rt1, spec, store)
     second = ex.run_spec(rt1, spec, store)
     assert second["cached"].all() and list(second["accuracy"]) == list(first["accuracy"])
@@ -98,7 +98,7 @@ def test_store_hit_and_changed_checkpoint_is_not_stale(tiny_zoo_dir, tmp_path):
     f = copy / "finetuned" / "stripes.safetensors"
     sd = load_file(str(f))
     save_file({k: v * 3.0 for k, v in sd.items()}, str(f))
-    rt2 = ZooRuntime(load_zoo(copy), device="cpu")
+    rt2 = ZooRuntime(load_zoo(copy))
     assert ex.zoo_key(rt2) != ex.zoo_key(rt1)
     third = ex.run_spec(rt2, spec, store)
     assert not third["cached"].any()

@@ -8,15 +8,15 @@ import torch
 from conftest import LORA_TARGETS, random_factors, write_adapter
 from peru_core.errors import PeruError
 from peru_core.io import load_lora_adapter
-from peru_core.lowrank import (apply_lowrank, lora_spectra, product_svd, task_vector_spectra, truncate_adapter,
-                               adapter_svd)
+from peru_core.lowrank import (ProductSVD, adapter_svd, apply_lowrank, lora_spectra, product_svd,
+                               task_vector_spectra, truncate_adapter)
 
 
 @pytest.mark.parametrize("out_dim, in_dim, r", [(12, 7, 3), (5, 9, 4), (6, 6, 6), (3, 8, 5)])
 def test_singular_values_match_dense_svd(out_dim, in_dim, r):
     g = torch.Generator().manual_seed(out_dim * 100 + in_dim)
     A, B = torch.randn(r, in_dim, generator=g), torch.randn(out_dim, r, generator=g)
-    lr = product_svd(A, B, 0.75)
+    lr = product_svd(A, B, 0.75)  # float64 throughout
     dense = 0.75 * B.double() @ A.double()
     ref = torch.linalg.svdvals(dense)
     n = lr.rank
@@ -76,3 +76,47 @@ def test_task_vector_spectra(base, finetuned):
         ref = torch.linalg.svdvals(finetuned[0][k].double() - base[k].double()).numpy()
         assert np.allclose(s, ref, atol=1e-5)
         assert np.all(np.diff(s) <= 0)
+
+
+@pytest.mark.parametrize("qr_dtype, tol", [(torch.float64, 1e-9), (None, 1e-5)])
+@pytest.mark.parametrize("case", ["zero-B", "repeated-columns", "zero-row-A"])
+def test_rank_deficient_factors_fall_back_to_explicit_q(case, qr_dtype, tol):
+    """PEFT initialises B to zero; repeated or zero columns make R singular: results stay exact."""
+    g = torch.Generator().manual_seed(11)
+    A, B = torch.randn(4, 9, generator=g), torch.randn(10, 4, generator=g)
+    if case == "zero-B":
+        B.zero_()
+    elif case == "repeated-columns":
+        B[:, 3] = B[:, 0]
+    else:
+        A[2] = 0.0
+    dense = B.double() @ A.double()
+    ref = torch.linalg.svdvals(dense)
+    svd = ProductSVD(A, B, qr_dtype=qr_dtype)
+    scale = float(ref[0]) or 1.0
+    assert torch.allclose(svd.S, ref[:4], atol=tol * scale)
+    for q in (1, 2, 4):
+        U, S, Vh = torch.linalg.svd(dense, full_matrices=False)
+        if q < 4 and S[q - 1] - S[q] < 1e-3 * scale:
+            continue  # the top-q subspace is not unique
+        best = (U[:, :q] * S[:q]) @ Vh[:q]
+        assert torch.allclose(svd.truncate(q).dense(torch.float64), best, atol=tol * scale * 10)
+        t = svd.truncate(q)
+        assert torch.isfinite(t.U).all() and torch.isfinite(t.Vh).all()
+
+
+@pytest.mark.parametrize("out_dim, in_dim", [(300, 120), (120, 300)])
+def test_fast_float32_qr_path(out_dim, in_dim):
+    """The default for float32 factors: float32 QR, float64 core; singular values to 1e-6 of the largest."""
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(16, in_dim, generator=g) / in_dim ** 0.5
+    B = torch.randn(out_dim, 4, generator=g) @ torch.randn(4, 16, generator=g) + 1e-3 * torch.randn(out_dim, 16,
+                                                                                                    generator=g)
+    dense = B.double() @ A.double()
+    ref = torch.linalg.svdvals(dense)[:16]
+    svd = ProductSVD(A, B)
+    assert (svd.S - ref).abs().max() <= 1e-6 * ref[0]
+    U, S, Vh = torch.linalg.svd(dense, full_matrices=False)
+    for q in (1, 4, 8):
+        best = (U[:, :q] * S[:q]) @ Vh[:q]
+        assert (svd.truncate(q).dense(torch.float64) - best).abs().max() <= 1e-5 * ref[0]

@@ -14,7 +14,7 @@ ARGS = ["--methods", "task_arithmetic", "average", "--keeps", "1", "2", "3", "4"
 
 
 def _sweep(zoo: Path, out: Path, home: Path, **kw) -> subprocess.Popen:
-    env = {**os.environ, "PERU_HOME": str(home), "PERU_DEVICE": "cpu"}
+    env = {**os.environ, "PERU_HOME": str(home)}
     return subprocess.Popen([sys.executable, "-m", "peru_core", "sweep", "--zoo", str(zoo), *ARGS, "--out", str(out)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
@@ -23,7 +23,7 @@ def _sweep_here(zoo: Path, out: Path, capsys, *extra: str) -> str:
     """The same command in this process (cheaper than a subprocess); returns what it printed."""
     from peru_core.cli import main
 
-    assert main(["sweep", "--zoo", str(zoo), *ARGS, "--device", "cpu", *extra, "--out", str(out)]) == 0
+    assert main(["sweep", "--zoo", str(zoo), *ARGS, *extra, "--out", str(out)]) == 0
     return capsys.readouterr().out
 
 

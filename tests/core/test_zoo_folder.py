@@ -168,6 +168,13 @@ def test_validation_names_the_exact_problem(inputs):
 
 def test_writer_refuses_a_wrong_class_count_before_writing(inputs):
     tmp, _ = inputs
+    with pytest.raises(PeruError, match="nope.safetensors does not exist"):
+        write_zoo(tmp / "zoo", ARCH, tmp / "base.safetensors",
+                  [TaskInput("t", CLASSES, finetuned=tmp / "nope.safetensors")], model_config=CONFIG)
+    with pytest.raises(PeruError, match="test data of task 't' .*does not exist"):
+        write_zoo(tmp / "zoo", ARCH, tmp / "base.safetensors",
+                  [TaskInput("t", CLASSES, finetuned=tmp / "ft_a.safetensors", test=tmp / "nope")],
+                  model_config=CONFIG)
     with pytest.raises(PeruError, match="3 class sub-folders but the task lists 4 classes"):
         write_zoo(tmp / "zoo", ARCH, tmp / "base.safetensors",
                   [TaskInput("t", CLASSES + ("pink",), finetuned=tmp / "ft_a.safetensors", test=tmp / "images")],
