@@ -169,8 +169,7 @@ def stage_lora(shapes, args) -> dict:
         total, worst = 0.0, 0.0
         for k in keys:
             f = adapters[0][k]
-            dense = f.delta()
-            dt, (_, s, _) = timed(lambda: torch.linalg.svd(dense, full_matrices=False))
+            dt, (_, s, _) = timed(lambda: torch.linalg.svd(f.delta(), full_matrices=False))  # form + SVD
             total += dt
             ours = adapter_svd(LoraAdapter("x", {k: f}))[k].S
             worst = max(worst, float((ours - s[: ours.numel()].double()).abs().max() / s[0]))
@@ -333,6 +332,7 @@ def main() -> None:
             for key in ("same_selection", "max_rel_sv_error", "max_abs_diff_vs_naive"):
                 if key in base or key in ours:
                     note.append(f"{key}={base.get(key, ours.get(key))}")
+            note.append(f"baseline peak RSS {base['peak_mb']:.0f} MiB")
             work = ours["peak_mb"] - ours["startup_mb"]
             mem = (f"peak RSS {ours['peak_mb']:.0f} MiB (process start {ours['startup_mb']:.0f}); "
                    f"checkpoints involved {ours['inputs_mb']:.0f} MiB; growth {work / ours['inputs_mb']:.2f}x them")

@@ -50,9 +50,7 @@ with page.user_errors():
     with right:
         if todo and (clicked or auto):
             cache.compute(rt, todo, f"Computing {wanted[-1].label}")
-            if clicked:
-                st.rerun()  # redraw the controls (the button is disabled once nothing is missing)
-            todo = []
+            st.rerun()  # redraw the controls (the button is disabled once nothing is missing)
         if todo:
             st.info(f"**{wanted[-1].label}** is not computed yet: press **Compute** "
                     f"({len(todo)} setting{'s' if len(todo) > 1 else ''} to evaluate on {len(ctx.zoo.tasks)} tasks).")

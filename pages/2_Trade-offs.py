@@ -16,8 +16,7 @@ page.intro(
     "Every point is one method at one setting: its average accuracy over the tasks against what it costs to serve "
     "all $T$ tasks (the shared model plus $T$ task parts). Points up and to the left are better; the grey staircase "
     "is the Pareto frontier (no other setting is both smaller and more accurate), and the dashed lines are "
-    "Pre-trained and Single-Task. A sparse part stores its values and their positions, so bytes grow faster than "
-    "#params.",
+    "Pre-trained and Single-Task.",
     r"\#\text{params} = |\theta_{\text{shared}}| + T \cdot \begin{cases} \tfrac{m}{100}\, d & \text{sparse (top-}m\%) "
     r"\\ \sum_{\ell} q\,(d_{\text{out}}^{\ell} + d_{\text{in}}^{\ell} + 1) & \text{PERU-LoRA} \end{cases}",
     "Figures 1, 2, 5, 6 and 7 (accuracy against m% and q) and the #params column of Table 1",
@@ -87,6 +86,8 @@ with page.user_errors():
         st.plotly_chart(viz.tradeoff(df, "params"), key="to_params")
     with tabs[1]:
         st.plotly_chart(viz.tradeoff(df, "bytes"), key="to_bytes")
+        st.caption("Bytes are what a file really holds: a sparse part stores each kept value and its position (a "
+                   "bitmask of d/8 bytes or 4-byte indices, whichever is smaller), so bytes grow faster than #params.")
     with tabs[2]:
         for knob in ("keep", "rank"):
             if df[knob].notna().any():

@@ -121,8 +121,9 @@ def full_section(rt, task: str) -> None:
 def magnitude_section(rt, task: str) -> None:
     c = st.columns([1, 1, 2])
     with c[0]:
-        vector = state.kept(st.radio, "Vector", key=state.SP_VECTOR, options=["u", "v"], index=0,
-                            format_func={"u": "u_t = θ_t − θ* (PERU-FFT)", "v": "v_t = θ_t − θ_0 (Post-Pruning)"}.get)
+        names = {"u": "u_t = θ_t − θ* (PERU-FFT)", "v": "v_t = θ_t − θ_0 (Post-Pruning)"}
+        vector = state.kept(st.radio, "Vector", key=state.SP_VECTOR, options=list(names), index=0,
+                            format_func=names.get)
         keep = widgets.keep_slider(state.SP_KEEP)
     merge_key = None
     if vector == "u":

@@ -84,8 +84,7 @@ with page.user_errors():
     grid = st.columns(3)
     for i, lab in enumerate(labels):
         with grid[i % 3]:
-            st.plotly_chart(viz.tsne_scatter(points[points["panel"] == lab], lab, classes).update_layout(
-                showlegend=i == 0), key=f"em_panel_{i}")
+            st.plotly_chart(viz.tsne_scatter(points[points["panel"] == lab], lab, classes), key=f"em_panel_{i}")
             q = quality[quality["panel"] == lab].iloc[0]
             m = st.columns(2)
             m[0].metric("silhouette", f"{q['silhouette']:.3f}")

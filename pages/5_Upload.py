@@ -139,7 +139,8 @@ with page.user_errors():
             tasks[n].classes = classes
 
     st.subheader("Checks")
-    ok = base_path is not None and verdict(f"base · {base_path.name}", lambda: up.check_base(base_path, expected, arch))
+    ok = base_path is not None and verdict(f"base · {base_path.name}",
+                                           lambda: up.check_base(base_path, expected, arch))
     if base_path is None:
         st.info("Add the base model (the pre-trained CLIP every task was fine-tuned from).")
     if not tasks:

@@ -101,6 +101,13 @@ def pareto_mask(x: Sequence[float], y: Sequence[float]) -> np.ndarray:
     return ~(le & ge & strict).any(axis=1)
 
 
+def _log_dtick(values: pd.Series) -> int | str:
+    """One label per decade (dtick=1) when the data spans two or more; 1-2-5 labels ("D2") within a narrower
+    range, where a single decade label would leave the axis unreadable."""
+    v = values[values > 0]
+    return 1 if len(v) and np.log10(v.max() / v.min()) >= 2 else "D2"
+
+
 def _series(s: pd.DataFrame) -> pd.Series:
     per = s["scope"].fillna("global").eq("per-tensor") if "scope" in s else False
     return s["method"] + np.where(per, " (per-tensor)", "")
@@ -137,7 +144,7 @@ def tradeoff(df: pd.DataFrame, x: str = "params", frontier: bool = True, highlig
         h = s[s["spec_key"] == highlight]
         fig.add_trace(go.Scatter(x=h[x], y=h["accuracy (%)"], mode="markers", name="current setting",
                                  marker=dict(size=20, color="rgba(0,0,0,0)", line=dict(color="black", width=2))))
-    fig.update_xaxes(dtick=1, tickformat="~s", ticksuffix="B" if "bytes" in x else "",
+    fig.update_xaxes(dtick=_log_dtick(s[x]), tickformat="~s", ticksuffix="B" if "bytes" in x else "",
                      minor=dict(ticks="outside", showgrid=True, gridcolor="rgba(0,0,0,0.04)"))
     fig.update_layout(legend_title_text="", margin=dict(t=30, b=10))
     return fig
@@ -176,7 +183,7 @@ def per_task_tradeoff(df: pd.DataFrame, x: str = "params", wrap: int = 3, height
                   facet_col="task", facet_col_wrap=wrap, log_x=True, height=height, hover_name="label",
                   color_discrete_map=color_map(fams), symbol_map=symbol_map(fams),
                   category_orders={"method": fams}, labels={x: AXIS.get(x, x)})
-    fig.update_xaxes(dtick=1, tickformat="~s")
+    fig.update_xaxes(dtick=_log_dtick(d[x]), tickformat="~s")
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
     fig.update_layout(legend_title_text="", margin=dict(t=30, b=10))
     return fig
@@ -280,7 +287,7 @@ def magnitude_histogram(values: np.ndarray, threshold: float, bins: int = 80, ti
 
 
 # ---------------------------------------------------------------- embeddings
-def tsne_scatter(points: pd.DataFrame, title: str, classes: Sequence[str], height: int = 330) -> go.Figure:
+def tsne_scatter(points: pd.DataFrame, title: str, classes: Sequence[str], height: int = 380) -> go.Figure:
     """One t-SNE panel (columns ``x, y, class``); ``classes`` fixes the colour of each class across panels."""
     fig = px.scatter(points, x="x", y="y", color="class", category_orders={"class": list(classes)},
                      color_discrete_sequence=px.colors.qualitative.Dark24, height=height, title=title,
@@ -288,7 +295,9 @@ def tsne_scatter(points: pd.DataFrame, title: str, classes: Sequence[str], heigh
     fig.update_traces(marker_size=6)
     fig.update_xaxes(showticklabels=False, title_text="")
     fig.update_yaxes(showticklabels=False, title_text="")
-    fig.update_layout(margin=dict(t=40, b=0, l=0, r=0), legend_title_text="")
+    # Legend below, so every panel keeps the same plot size.
+    fig.update_layout(margin=dict(t=40, b=0, l=0, r=0), legend_title_text="", legend=dict(orientation="h", y=-0.02,
+                                                                                      yanchor="top"))
     return fig
 
 

@@ -29,12 +29,20 @@ def intro(title: str, text: str, formula: str, mirrors: str) -> None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Show a :class:`PeruError` as one sentence (never a traceback) and stop the page there."""
+    """Show a :class:`PeruError` as one sentence (never a traceback) and stop the page there.
+
+    Any other exception is a bug: its traceback goes to the server log and the page says so in one sentence.
+    (Streamlit's stop and rerun signals are BaseExceptions and pass through.)"""
     try:
         yield
     except PeruError as e:
         log.info("user error: %s", e)
         st.error(str(e))
+        st.stop()
+    except Exception as e:  # noqa: BLE001 - the last line of defence of a page
+        log.exception("unexpected error")
+        st.error(f"Something went wrong ({type(e).__name__}); the details are in the server log. Try another "
+                 "setting, or report it with the log.")
         st.stop()
 
 

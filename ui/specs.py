@@ -85,9 +85,10 @@ def panel_options(source: str, zoo: Zoo) -> dict[str, str]:
 
 
 def default_panels(source: str, zoo: Zoo) -> list[str]:
-    """The paper's Figure 3 (merges, Post-Pruning, PERU-FFT) or Figure 4 (merges, PERU-LoRA)."""
+    """The paper's Figure 3 (merges, Post-Pruning, PERU-FFT) or Figure 4 (merges, PERU-LoRA), with the merges that
+    need no statistics (Fisher and RegMean first compute them on validation data: offered, not preselected)."""
     opts = method_options(source, zoo)
-    merges = [o for o in opts if o.startswith("merge:")]
+    merges = [o for o in opts if o.startswith("merge:") and not get_method(o[6:]).needs and o != "merge:average"]
     return merges + (["post-pruning", "peru-fft:task_arithmetic"] if source == "full" else ["peru-lora"])
 
 

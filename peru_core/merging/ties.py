@@ -27,7 +27,10 @@ import torch
 
 from peru_core.merging.registry import MergeContext, Param, merge_method
 from peru_core.sparse import keep_count
-from peru_core.statedict import CHUNK, Layout, flat_difference, tuned_keys, work_dtype
+from peru_core.statedict import Layout, flat_difference, tuned_keys, work_dtype
+
+# Elements per chunk of the fused pass: six work arrays of this size stay in a core's cache.
+CHUNK = 1 << 18
 from peru_core.types import Progress, StateDict, report
 
 
@@ -46,7 +49,7 @@ def ties_thresholds(base: StateDict, finetuned: Sequence[StateDict], k: float, k
     for t, sd in enumerate(finetuned):
         flat_difference(sd, base, layout, out=buf).abs_()
         arr = buf.numpy()
-        arr.partition(d - count)
+        arr.partition(d - count)  # linear-time selection, in place
         out.append(float(arr[d - count]))
         report(on_progress, 0.5 * (t + 1) / len(finetuned), f"TIES: trim threshold of task {t + 1}")
     return out

@@ -100,4 +100,5 @@ def finetune_lora(model: torch.nn.Module, head: torch.Tensor, x: np.ndarray, y: 
     params = [p for p in peft_model.parameters() if p.requires_grad]
     _train(peft_model.base_model.model, params, head, x, y, image_size, mean, std, cfg, lora.lr)
     peft_model.save_pretrained(str(out_dir))
+    (out_dir / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template; not part of the adapter
     return peft_model

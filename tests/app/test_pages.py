@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ok, open_page
+from app_helpers import ok, open_page
 
 from peru_core.merging import get_method
 from ui import state
@@ -41,6 +41,9 @@ def test_merge_lab_sliders_come_from_the_registry_and_change_the_result(app):
         assert (s.min, s.max, s.value) == (p.low, p.high, p.default)
     ok(at.button(key=state.LAB_COMPUTE).click().run())
     assert "PERU-FFT (Task Arithmetic) 10%" in _table_rows(at)
+    ok(at.button(key=state.LAB_PREPARE).click().run())  # merged model + one part per task, as safetensors
+    files = [b.label for b in at.get("download_button")]
+    assert "shared_model.safetensors" in files and sum(f.endswith("pct.safetensors") for f in files) == 2
     before = at.metric[1].value  # extra bytes per task
     ok(at.slider(key=state.LAB_KEEP).set_value(30.0).run())
     assert at.button(key=state.LAB_COMPUTE).disabled is False  # a new setting waits for the button

@@ -6,7 +6,7 @@ import json
 import shutil
 import zipfile
 
-from conftest import ok, open_page
+from app_helpers import ok, open_page
 from tiny_zoo import ARCH, TASKS, TINY_CONFIG
 
 from peru_core.zoo.manifest import load_zoo

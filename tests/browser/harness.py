@@ -102,8 +102,9 @@ def key(name: str) -> str:
 
 
 def move_slider(page, name: str, steps: int) -> None:
-    """Focus the slider's thumb and press the arrow keys (one step each)."""
-    thumb = page.locator(f"{key(name)} [role='slider']")
+    """Focus the slider's thumb and press the arrow keys (one step each). Streamlit 1.67's slider is a react-aria
+    slider whose thumb is a visually hidden ``input[type=range]``."""
+    thumb = page.locator(f"{key(name)} input[type='range'], {key(name)} [role='slider']").first
     thumb.focus()
     for _ in range(abs(steps)):
         thumb.press("ArrowRight" if steps > 0 else "ArrowLeft")

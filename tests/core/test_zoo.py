@@ -1,0 +1,132 @@
+"""Zoo loading: the runtime on a tiny real zoo, manifest validation errors, and the shipped demo zoo."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from peru_core.data import read_npz
+from peru_core.errors import PeruError
+from peru_core.evaluate import accuracy_of
+from peru_core.zoo.manifest import DEMO_ZOO, load_zoo
+from peru_core.zoo.runtime import ZooRuntime
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_zoo_dir):
+    return ZooRuntime(load_zoo(tiny_zoo_dir), device="cpu")
+
+
+def test_runtime_loads_base_finetunes_adapters_and_data(runtime, tiny_zoo_dir):
+    base = runtime.base_state()
+    assert base and all(k.startswith("visual.") for k in base)
+    full = load_file(str(tiny_zoo_dir / "base.safetensors"))
+    assert all(torch.equal(base[k], full[k]) for k in base)
+    ft = runtime.finetuned("stripes")
+    assert set(ft) == set(base) and not torch.equal(ft["visual.conv1.weight"], base["visual.conv1.weight"])
+    assert set(runtime.finetuned(1)) == set(base)  # by index too
+    adapter = runtime.adapter("blobs")
+    assert all(k in base for k in adapter) and len(adapter) > 0
+    x, y = runtime.data("stripes")
+    assert x.shape == (24, 3, 8, 8) and y.dtype == torch.int64
+    assert runtime.head("blobs").shape == (3, 16)
+
+
+def test_accuracy_equals_the_manual_computation(runtime):
+    ft = runtime.finetuned("blobs")
+    x, y = runtime.data("blobs")
+    head = runtime.head("blobs")
+    model = runtime.load(ft)
+    with torch.no_grad():
+        ref = accuracy_of((torch.nn.functional.normalize(model.encode_image(x), dim=-1) @ head.T).argmax(-1), y)
+    assert runtime.accuracy(ft, "blobs") == pytest.approx(ref)
+    assert 0.0 <= runtime.accuracy(runtime.base_state(), "blobs") <= 1.0
+    # a partial state dict means "the base elsewhere": loading {} evaluates the base model
+    assert runtime.accuracy({}, "blobs") == runtime.accuracy(runtime.base_state(), "blobs")
+    feats, labels = runtime.features(ft, "blobs", limit=5)
+    assert feats.shape == (5, 16) and np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
+    assert labels.tolist() == y[:5].tolist()
+    assert runtime.predictions(ft, "blobs").shape == (24,)
+
+
+def test_unknown_task_and_bad_state_dict_are_clear_errors(runtime):
+    with pytest.raises(PeruError, match="not in zoo"):
+        runtime.spec("nope")
+    with pytest.raises(PeruError, match="out of range"):
+        runtime.spec(7)
+    with pytest.raises(PeruError, match="not a tuned parameter"):
+        runtime.accuracy({"text_projection": torch.zeros(1)}, 0)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit(root: Path, fn) -> None:
+    raw = json.loads((root / "zoo.json").read_text())
+    fn(raw)
+    (root / "zoo.json").write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["tasks"][0].update(finetuned="missing.safetensors"), "does not exist"),
+    (lambda r: r["tasks"].append(dict(r["tasks"][0])), "twice"),
+    (lambda r: [r["tasks"][0].pop(k) for k in ("finetuned", "lora")], "neither"),
+    (lambda r: r["tasks"][0].update(test={"kind": "zip", "path": "x"}), "unknown"),
+    (lambda r: r["tasks"][0].update(classes=["only"]), "two non-empty"),
+    (lambda r: r.pop("architecture"), "architecture"),
+    (lambda r: r.update(tasks=[]), "no tasks"),
+])
+def test_manifest_validation_names_the_problem(tiny_zoo_dir, tmp_path, edit, message):
+    root = _copy(tiny_zoo_dir, tmp_path / "zoo")
+    _edit(root, edit)
+    with pytest.raises(PeruError, match=message):
+        load_zoo(root)
+
+
+def test_checkpoints_that_do_not_fit_the_zoo_are_rejected(tiny_zoo_dir, tmp_path):
+    root = _copy(tiny_zoo_dir, tmp_path / "zoo")
+    ft = load_file(str(root / "finetuned" / "stripes.safetensors"))
+    save_file({**ft, "logit_scale": torch.zeros(())}, str(root / "finetuned" / "stripes.safetensors"))
+    rt = ZooRuntime(load_zoo(root), "cpu")
+    with pytest.raises(PeruError, match="outside the tuned part"):
+        rt.finetuned("stripes")
+    (root / "base.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(PeruError):
+        ZooRuntime(load_zoo(root), "cpu")
+    with pytest.raises(PeruError, match="no zoo.json"):
+        load_zoo(tmp_path)
+
+
+# --- the shipped demo zoo ----------------------------------------------------------------------------------
+needs_demo = pytest.mark.skipif(not (DEMO_ZOO / "zoo.json").is_file(), reason="assets/zoo is not built yet")
+
+
+@needs_demo
+def test_demo_zoo_manifest_files_and_size():
+    zoo = load_zoo(DEMO_ZOO)
+    assert len(zoo.tasks) >= 6 and zoo.tuned_prefix == "visual."
+    assert sum(p.stat().st_size for p in DEMO_ZOO.rglob("*") if p.is_file()) <= 60 * 2 ** 20
+    for t in zoo.tasks:
+        assert t.finetuned and t.lora and t.test and t.validation and t.license and t.source
+        keys = load_file(str(t.finetuned)).keys()
+        assert keys and all(k.startswith("visual.") for k in keys)
+        cfg = json.loads((t.lora / "adapter_config.json").read_text())
+        assert cfg["peft_type"] == "LORA" and cfg["r"] >= 16 and (t.lora / "adapter_model.safetensors").is_file()
+        x, y = read_npz(t.test.path)
+        assert x.dtype == np.uint8 and y.dtype == np.int64 and len(x) >= 200
+        assert set(np.unique(y)) == set(range(len(t.classes)))
+
+
+@needs_demo
+@pytest.mark.slow
+def test_demo_zoo_finetuned_beats_pretrained():
+    rt = ZooRuntime(load_zoo(DEMO_ZOO), "cpu")
+    task = rt.zoo.task_names[0]
+    assert rt.accuracy(rt.finetuned(task), task) > rt.accuracy(rt.base_state(), task) + 0.1
