@@ -26,17 +26,24 @@ PAGES = [  # (url path, file name, buttons to press in order, key of what must b
     ("Embeddings", "embeddings", ["em_compute"], "em_quality"),
     ("Upload", "upload", [], "up_name"),
 ]
+TABS = {  # more shots of a page: (tab label, key that must be there, file name)
+    "spectra": [("Full task vectors", "sp_full_spectrum", "spectra_full"),
+                ("|u_t| and the top-m% threshold", "sp_histogram", "spectra_threshold")],
+}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     ap.add_argument("--home", type=Path, default=None, help="PERU_HOME to use (default: a temporary folder)")
+    ap.add_argument("--pages", nargs="*", default=None, help="file names to take (default: all), e.g. spectra")
     args = ap.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="peru_shots_"))
     home.mkdir(parents=True, exist_ok=True)
     with streamlit_server({"PERU_HOME": str(home)}, home / "streamlit.log") as url, chromium() as page:
         for path, name, buttons, ready in PAGES:
+            if args.pages and name not in args.pages:
+                continue
             t = time.monotonic()
             open_page(page, url, path)
             for b in buttons:
@@ -48,7 +55,14 @@ def main() -> int:
             wait_idle(page, started=0.5, timeout=600)
             page.wait_for_timeout(1500)  # let plotly finish drawing
             screenshot(page, args.out / f"{name}.png")
-            print(f"{name}: {time.monotonic() - t:.1f} s -> {args.out / (name + '.png')}")
+            print(f"{name}: {time.monotonic() - t:.1f} s -> {args.out / (name + '.png')}", flush=True)
+            for tab, ready_tab, shot in TABS.get(name, []):
+                page.get_by_role("tab", name=tab).click()
+                page.wait_for_selector(key(ready_tab), timeout=600_000)
+                wait_idle(page, started=0.5, timeout=600)
+                page.wait_for_timeout(1500)
+                screenshot(page, args.out / f"{shot}.png")
+                print(f"{shot} -> {args.out / (shot + '.png')}")
     return 0
 
 

@@ -54,7 +54,9 @@ def build_tiny_zoo(root: Path, seed: int = 0, lora_rank: int = 4) -> Path:
         # a real PEFT adapter on the image tower's linear layers
         m = create_clip(ARCH, TINY_CONFIG)
         m.load_state_dict(base)
-        targets = [n for n, mod in m.named_modules() if n.startswith("visual.") and isinstance(mod, torch.nn.Linear)]
+        # the MLP's linear layers: nn.MultiheadAttention bypasses out_proj's forward, so PEFT would not apply it
+        targets = [n for n, mod in m.named_modules() if n.startswith("visual.") and isinstance(mod, torch.nn.Linear)
+                   and not n.endswith("out_proj")]
         peft_model = get_peft_model(m, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules=targets,
                                                   init_lora_weights=False))
         peft_model.save_pretrained(str(root / "lora" / name))

@@ -169,9 +169,10 @@ def build(out: Path, cfg: Optional[BuildConfig] = None, on_progress: Progress = 
         d.mkdir(parents=True)
         head = zero_shot_head(model, tok, r.classes, r.templates, cfg.device).clone()  # a normal tensor, not an inference one
         ft_cfg = replace(cfg.finetune, seed=cfg.finetune.seed + i)
-        tuned = finetune_full(model, head, *s.train, 28, MEAN, STD, ft_cfg)
+        size = MODEL_CONFIG["vision_cfg"]["image_size"]
+        tuned = finetune_full(model, head, *s.train, size, MEAN, STD, ft_cfg)
         save_file(tuned, str(d / "finetuned.safetensors"))
-        finetune_lora(model, head, *s.train, 28, MEAN, STD, ft_cfg, cfg.lora, d / "lora")
+        finetune_lora(model, head, *s.train, size, MEAN, STD, ft_cfg, cfg.lora, d / "lora")
         rel = f"tasks/{r.name}"
         tasks_json.append({
             "name": r.name, "label": r.label, "classes": list(r.classes), "templates": list(r.templates),

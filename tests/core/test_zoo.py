@@ -130,3 +130,63 @@ def test_demo_zoo_finetuned_beats_pretrained():
     rt = ZooRuntime(load_zoo(DEMO_ZOO), "cpu")
     task = rt.zoo.task_names[0]
     assert rt.accuracy(rt.finetuned(task), task) > rt.accuracy(rt.base_state(), task) + 0.1
+
+
+# --- build pieces that need no data package -----------------------------------------------------------------
+def test_synthetic_tasks_are_deterministic_balanced_and_labelled():
+    from peru_core.zoo import synthetic
+
+    for make in (synthetic.shapes, synthetic.counting, synthetic.textures):
+        a, b = make(60, 3), make(60, 3)
+        assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y) and a.synthetic
+        assert a.x.shape == (60, 28, 28) and a.x.dtype == np.uint8
+        assert np.bincount(a.y).tolist() == [10] * 6 and len(a.classes) == 6
+        assert not np.array_equal(make(60, 4).x, a.x)
+    dots = synthetic.counting(12, 0)
+    from scipy import ndimage  # connected bright blobs = the count the label names
+
+    for img, label in zip(dots.x, dots.y):
+        assert ndimage.label(img > (int(img.max()) + np.median(img)) / 2)[1] == label + 1
+
+
+def test_split_is_disjoint_and_seen_classes_follow_the_shared_key():
+    from peru_core.zoo.build import BuildConfig, concepts, split
+    from peru_core.zoo.sources import RawTask
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (400, 28, 28), dtype=np.uint8)
+    x[:, 0, 0], x[:, 0, 1] = np.arange(400) % 256, np.arange(400) // 256  # unique images
+    y = np.arange(400) % 10
+    mk = lambda name: RawTask(name, name, [str(i) for i in range(10)], ["{}"], x, y, "", "", seen_key="digits")
+    cfg = BuildConfig(test_size=100, val_size=50)
+    a, b = split(mk("a"), cfg), split(mk("b"), cfg)
+    assert (len(a.train[1]), len(a.val[1]), len(a.test[1])) == (250, 50, 100)
+    ids = lambda xs: {bytes(i[0, :2]) for i in xs}
+    assert not (ids(a.train[0]) & ids(a.test[0])) and not (ids(a.val[0]) & ids(a.test[0]))
+    assert a.seen == b.seen and len(a.seen) == 6  # same key, same seen classes; round(0.6 * 10)
+    concept_ids, captions = concepts([a, b])
+    assert len(captions) == 10  # the two tasks' digits are one concept each
+
+
+def test_finetunes_write_visual_tensors_and_a_peft_adapter(tmp_path):
+    from peru_core.io import load_lora_adapter
+    from peru_core.models import create_clip
+    from peru_core.zoo.finetune import FinetuneConfig, LoraConfigSpec, finetune_full, finetune_lora
+    from tiny_zoo import ARCH, TINY_CONFIG
+
+    torch.manual_seed(0)
+    model = create_clip(ARCH, TINY_CONFIG)
+    head = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1) * 10
+    x = np.random.default_rng(0).integers(0, 255, (32, 8, 8), dtype=np.uint8)
+    y = np.arange(32) % 2
+    cfg = FinetuneConfig(steps=3, batch=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned = finetune_full(model, head, x, y, 8, (0.5,) * 3, (0.25,) * 3, cfg)
+    assert set(tuned) == {k for k in before if k.startswith("visual.")}
+    assert not torch.equal(tuned["visual.conv1.weight"], before["visual.conv1.weight"])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the base stays untouched
+    finetune_lora(model, head, x, y, 8, (0.5,) * 3, (0.25,) * 3, cfg, LoraConfigSpec(rank=4, alpha=4), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    adapter = load_lora_adapter(tmp_path, base_keys=before)
+    assert set(adapter) == {f"visual.transformer.resblocks.0.mlp.{m}.weight" for m in ("c_fc", "c_proj")}
+    assert all(f.rank == 4 and f.B.abs().sum() > 0 for f in adapter.values())  # trained: B left zero
