@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -200,22 +201,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--images", type=int, default=16, help="test images per task (random pixels, 4 classes)")
     p.add_argument("--keeps", type=float, nargs="+", default=[1.0, 5.0, 10.0, 25.0], help="PERU-FFT m values (%%)")
     p.add_argument("--device", default=None, help="default: peru_core.device.default_device()")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's); 1 is far steadier on a machine shared with "
+                        "other jobs, where 2-thread pools spin against each other (TIES measured 30x slower)")
     p.add_argument("--json", default=None, help="append result rows (JSON lines) to this file")
     args = p.parse_args(argv)
     if len(args.arch) > 1:  # one process per architecture: peak memory of one never hides in another's
         status = 0
         for arch in args.arch:
             cmd = [sys.executable, __file__, "--arch", arch, "--tasks", str(args.tasks), "--images",
-                   str(args.images), "--keeps", *map(str, args.keeps)] + (["--device", args.device] if args.device
-                                                                         else []) + (["--json", args.json]
-                                                                                     if args.json else [])
+                   str(args.images), "--keeps", *map(str, args.keeps)]
+            for flag, value in (("--device", args.device), ("--json", args.json), ("--threads", args.threads)):
+                cmd += [flag, str(value)] if value else []
             rc = subprocess.call(cmd)
             if rc != 0:
                 print(f"{arch}: did not complete (exit {rc}); the largest model that fits is the one before it.")
                 status = rc
         return status
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; torch threads "
+          f"{torch.get_num_threads()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="peru_bench_") as tmp:
         rows = run_scale(args.arch[0], args.tasks, args.images, Path(tmp), args.keeps, args.device)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     if args.json:
         with open(args.json, "a") as f:
             for r in rows:

@@ -134,7 +134,7 @@ def magnitude_section(rt, task: str) -> None:
     with c[2]:
         st.metric("Threshold |entry|", f"{thr:.3g}" if k else "none kept")
         st.metric("Entries kept", f"{viz.fmt_count(k)} of {viz.fmt_count(d)}", f"{energy * 100:.1f}% of the squared "
-                  "norm", delta_color="off")
+                  "norm", delta_color="off", delta_arrow="off")
     st.plotly_chart(fig, key="sp_histogram")
 
 

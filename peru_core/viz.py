@@ -266,7 +266,12 @@ def magnitude_histogram(values: np.ndarray, threshold: float, bins: int = 80, ti
     if a.size == 0:
         return go.Figure().update_layout(title="all entries are zero", height=height)
     logs = np.log10(a)
-    edges = np.linspace(float(logs.min()), float(logs.max()) + 1e-6, bins + 1)
+    # The axis starts at the 0.1% quantile (a few denormal-sized entries would stretch it over ten decades);
+    # smaller entries are counted in the first bar.
+    sample = logs[:: max(1, logs.size // 200_000)]
+    lo = float(min(np.quantile(sample, 0.001), np.log10(threshold) - 0.5 if threshold > 0 else np.inf))
+    edges = np.linspace(lo, float(logs.max()) + 1e-6, bins + 1)
+    logs = np.maximum(logs, lo)
     keep = a >= threshold  # the same test as top-m% selection, so the kept bars count exactly the kept entries
     fig = go.Figure()
     for name, part, color in (("dropped", ~keep, "#9aa5b1"), ("kept (top m%)", keep, "#d62728")):
@@ -304,6 +309,7 @@ def tsne_scatter(points: pd.DataFrame, title: str, classes: Sequence[str], heigh
 def cluster_quality_bars(quality: pd.DataFrame, height: int = 300) -> go.Figure:
     """Silhouette and k-NN accuracy per panel (columns ``panel, method, silhouette, knn_accuracy``)."""
     q = quality.melt(id_vars=["panel", "method"], value_vars=["silhouette", "knn_accuracy"], var_name="measure")
+    q["measure"] = q["measure"].map({"silhouette": "silhouette (cosine)", "knn_accuracy": "leave-one-out k-NN accuracy"})
     fams = ordered(q["method"])
     panel_fam = dict(zip(quality["panel"], quality["method"]))
     fig = px.bar(q, x="measure", y="value", color="panel", barmode="group", height=height,

@@ -47,7 +47,7 @@ class BuildConfig:
     val_size: int = 256
     synthetic_train: int = 4000
     threads: int = 2
-    device: str = "cpu"  # "cuda" only for iterating on the recipe: the shipped zoo is built on the CPU
+    device: str = "cpu"  # "cuda" for iterating on the recipe; the shipped zoo is the CPU build
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     lora: LoraConfigSpec = field(default_factory=LoraConfigSpec)

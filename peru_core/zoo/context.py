@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from peru_core.errors import PeruError
 from peru_core.types import StateDict
@@ -118,7 +119,9 @@ class ZooContext:
             chunk = self.chunk or max(1, min(64, int(2e8 // max(1, n_params))))  # bounds memory: chunk x params
             acc = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
             for i in range(0, len(x), chunk):
-                with warnings.catch_warnings():  # vmap falls back to a loop for fused attention kernels; correct
+                # vmap has no batching rule for the fused attention kernels and would loop over samples; the
+                # math kernel is plain matmuls and softmax (same values, 3-8x faster here)
+                with warnings.catch_warnings(), sdpa_kernel(SDPBackend.MATH):
                     warnings.filterwarnings("ignore", message=".*performance drop.*")
                     g = per_sample(params, x[i:i + chunk], y[i:i + chunk])
                 for k in acc:

@@ -7,6 +7,7 @@ entries, so sparse reuse (Post-Pruning, PERU-FFT of https://arxiv.org/abs/2310.0
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,4 +102,14 @@ def finetune_lora(model: torch.nn.Module, head: torch.Tensor, x: np.ndarray, y: 
     _train(peft_model.base_model.model, params, head, x, y, image_size, mean, std, cfg, lora.lr)
     peft_model.save_pretrained(str(out_dir))
     (out_dir / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template; not part of the adapter
+    sort_target_modules(out_dir / "adapter_config.json")
     return peft_model
+
+
+def sort_target_modules(config_path: Path) -> None:
+    """PEFT saves ``target_modules`` from a set, in hash order: sort it (written as PEFT writes) so a rebuild gives
+    the same bytes."""
+    cfg = json.loads(config_path.read_text())
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
