@@ -106,9 +106,12 @@ def full_section(rt, task: str) -> None:
     layers = list(dict.fromkeys(df["layer"]))
     c = st.columns(2)
     with c[0]:
-        q = widgets.rank_slider(state.SP_FULL_RANK, int(df["index"].max()), value=4)
+        q = widgets.rank_slider(state.SP_FULL_RANK, int(df["index"].max()), value=4,
+                                label="q: rank kept per matrix (a truncated SVD)")
     with c[1]:
-        layer = state.kept(st.selectbox, "Layer", key=state.SP_FULL_LAYER, options=layers, index=0)
+        blocks = [i for i, name in enumerate(layers) if name.startswith("block")]
+        layer = state.kept(st.selectbox, "Layer", key=state.SP_FULL_LAYER, options=layers,
+                           index=blocks[0] if blocks else 0)
     fig = viz.spectrum(df, color="layer")
     fig.update_layout(showlegend=len(layers) <= 12)
     fig.add_vline(x=q, line_dash="dash", line_color="black")
