@@ -138,12 +138,12 @@ def build_random_zoo(workdir: Path, arch: str, tasks: int, images: int, seed: in
     return src / "base.safetensors", specs
 
 
+@torch.no_grad()
 def run_scale(arch: str = "ViT-B-32", tasks: int = 8, images: int = 16, workdir: Optional[Path] = None,
               keeps: Sequence[float] = (1.0, 5.0, 10.0, 25.0), device: Optional[str] = None) -> list[dict]:
     """All stages for one architecture; returns one row per stage (also printed)."""
     device = device or default_device()
     workdir = Path(workdir or tempfile.mkdtemp(prefix="peru_bench_"))
-    torch.set_grad_enabled(False)
     rows: list[dict] = []
     print(f"{arch}: {tasks} tasks, {images} images, device {device}, work dir {workdir}", flush=True)
     base_path, specs = stage(rows, "build zoo", lambda: build_random_zoo(workdir, arch, tasks, images))

@@ -400,6 +400,9 @@ def parse_adapter(config: Mapping, tensors: Mapping[str, torch.Tensor], *, name:
                             "its 'out_proj' were targeted); train with one of them.")
         # one update per module, as the file format says (aliases of the same module are the same update)
         factors[_target_key(prefix, module, base_keys)] = LoraFactors(A, B, scale)
+    from peru_core import hf_clip  # adapters trained on HF CLIP (q_proj/v_proj/fc1...): onto open_clip weights
+    if any(hf_clip.is_hf_module(k) for k in factors):
+        factors = {k: LoraFactors(*f) for k, f in hf_clip.map_lora_factors(factors).items()}
     return LoraAdapter(name, factors, dict(config))
 
 

@@ -309,7 +309,8 @@ def tsne_scatter(points: pd.DataFrame, title: str, classes: Sequence[str], heigh
 def cluster_quality_bars(quality: pd.DataFrame, height: int = 300) -> go.Figure:
     """Silhouette and k-NN accuracy per panel (columns ``panel, method, silhouette, knn_accuracy``)."""
     q = quality.melt(id_vars=["panel", "method"], value_vars=["silhouette", "knn_accuracy"], var_name="measure")
-    q["measure"] = q["measure"].map({"silhouette": "silhouette (cosine)", "knn_accuracy": "leave-one-out k-NN accuracy"})
+    q["measure"] = q["measure"].map({"silhouette": "silhouette (cosine)",
+                                     "knn_accuracy": "leave-one-out k-NN accuracy"})
     fams = ordered(q["method"])
     panel_fam = dict(zip(quality["panel"], quality["method"]))
     fig = px.bar(q, x="measure", y="value", color="panel", barmode="group", height=height,

@@ -90,8 +90,6 @@ def _adapter(spec: TaskSpec, zoo: Zoo, shapes: Shapes) -> Optional[str]:
         adapter = load_lora_adapter(spec.lora, name=f"of task {spec.name!r}", base_keys=shapes)
     except PeruError as e:
         return str(e)
-    if any(hf_clip.is_hf_module(k) for k in adapter):
-        return f"{what} targets Hugging Face module names; import it with write_zoo, which maps them to open_clip."
     outside = [k for k in adapter if not k.startswith(zoo.tuned_prefix)]
     if outside:
         return (f"{what} targets {outside[0]!r}, outside the zoo's tuned part {zoo.tuned_prefix!r}; "

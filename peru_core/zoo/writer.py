@@ -3,8 +3,9 @@
 Checkpoints that already fit (open_clip names, exactly the right keys) are copied, or referenced in place with
 ``copy=False``. Others are imported into the zoo once: Hugging Face CLIP layouts are renamed to open_clip
 (:mod:`peru_core.hf_clip`), a fine-tune's tensors outside the tuned part are dropped and the tuned tensors it lacks
-(e.g. ``visual.proj`` of a ``CLIPVisionModel``) are taken from the base, HF-named LoRA adapters are rewritten on
-open_clip modules, and pickles are read by the restricted converter only when ``convert_pickles`` is set.
+(e.g. ``visual.proj`` of a ``CLIPVisionModel``) are taken from the base, and pickles are read by the restricted
+converter only when ``convert_pickles`` is set. PEFT adapters are copied as they are: the loader maps HF module
+names (``q_proj``, ``v_proj``, ...) onto open_clip weights.
 Everything is staged in a temporary folder, validated deeply (:func:`~peru_core.zoo.validate.zoo_problems`), then
 moved into place, ``zoo.json`` last: a failed write leaves the target as it was. PERU: https://arxiv.org/abs/2310.01886
 """
@@ -155,32 +156,17 @@ class _Writer:
         return self._save(kept, rel, src)
 
     def adapter(self, src: Path, task: str) -> str:
-        from peru_core.io import ADAPTER_CONFIG, load_lora_adapter
+        from safetensors import safe_open
 
-        adapter = load_lora_adapter(src, name=f"of task {task!r}", base_keys=self.expected)
-        if not any(hf_clip.is_hf_module(k) for k in adapter):
-            return self.place(src, f"adapters/{_slug(task)}")
-        mapped = hf_clip.map_lora_factors({k: tuple(f) for k, f in adapter.items()})
-        tensors: StateDict = {}
-        ranks: dict[str, int] = {}
-        for key, (a, b, scale) in mapped.items():
-            module = key.removesuffix(".in_proj_weight") if key.endswith(".in_proj_weight") else key[:-len(".weight")]
-            tensors[f"base_model.model.{module}.lora_A.weight"] = a.contiguous()
-            tensors[f"base_model.model.{module}.lora_B.weight"] = (b * scale).contiguous()  # scale folded: alpha = r
-            ranks[module] = int(a.shape[0])
-        config = {"peft_type": "LORA", "r": max(ranks.values()), "lora_alpha": max(ranks.values()),
-                  "rank_pattern": ranks, "alpha_pattern": ranks, "target_modules": sorted(ranks),
-                  "fan_in_fan_out": False, "use_rslora": False, "bias": "none",
-                  "converted_from": str(src), "note": "HF CLIP LoRA mapped onto open_clip by PERU Studio; "
-                  "q/k/v adapters of a layer are packed into one factorisation of attn.in_proj_weight."}
-        rel = f"adapters/{_slug(task)}"
-        from peru_core.io import save_state_dict
+        from peru_core.io import ADAPTER_WEIGHTS, load_lora_adapter
 
-        save_state_dict(tensors, self.staging / rel / "adapter_model.safetensors")
-        (self.staging / rel / ADAPTER_CONFIG).write_text(json.dumps(config, indent=1))
-        self.notes.append(f"{src.name}: LoRA on Hugging Face modules mapped onto open_clip "
-                          "(q/k/v packed into attn.in_proj_weight).")
-        return rel
+        # readable, and HF module names (q_proj/v_proj...) map onto open_clip: io.parse_adapter calls hf_clip
+        load_lora_adapter(src, name=f"of task {task!r}", base_keys=self.expected)
+        with safe_open(str(src / ADAPTER_WEIGHTS), "pt") as f:
+            if any(hf_clip.is_hf_module(k.split(".lora_")[0]) for k in f.keys()):
+                self.notes.append(f"{src.name}: LoRA on Hugging Face modules, applied to open_clip weights when "
+                                  "loaded (q/k/v packed into attn.in_proj_weight).")
+        return self.place(src, f"adapters/{_slug(task)}")
 
     def _save(self, sd: StateDict, rel: str, src: Path) -> str:
         from peru_core.io import save_state_dict

@@ -10,8 +10,6 @@ import pytest
 
 from harness import CHROMIUM, ROOT, chromium, streamlit_server
 
-pytestmark = pytest.mark.browser
-
 
 @pytest.fixture(scope="session")
 def app_url(tmp_path_factory, tiny_zoo_dir) -> str:

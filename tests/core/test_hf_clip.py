@@ -188,10 +188,10 @@ def test_runtime_module_does_not_import_transformers():
 
 
 def test_peft_adapter_folder_through_the_engine_loader(tmp_path):
-    """save_pretrained -> io.load_lora_adapter (PEFT semantics, HF names) -> map_lora_factors -> open_clip weights
-    equal to PEFT's own merge_and_unload, mapped."""
+    """save_pretrained -> io.load_lora_adapter (PEFT semantics; HF names mapped by hf_clip.map_lora_factors) ->
+    open_clip weights equal to PEFT's own merge_and_unload, mapped."""
     peft = pytest.importorskip("peft")
-    from peru_core.io import LoraFactors, load_lora_adapter
+    from peru_core.io import load_lora_adapter
 
     torch.manual_seed(1)
     hf = transformers.CLIPVisionModel(hf_vision_config()).eval()
@@ -205,9 +205,7 @@ def test_peft_adapter_folder_through_the_engine_loader(tmp_path):
             if "lora_" in n:
                 p.copy_(torch.randn(p.shape) * 0.3)
     pm.save_pretrained(tmp_path / "adapter")
-    adapter = load_lora_adapter(tmp_path / "adapter")
-    assert all(hf_clip.is_hf_module(k) for k in adapter)
-    mapped = {k: LoraFactors(*t) for k, t in hf_clip.map_lora_factors(dict(adapter.factors)).items()}
+    mapped = load_lora_adapter(tmp_path / "adapter")  # io.parse_adapter maps HF module names with hf_clip
     assert mapped["visual.transformer.resblocks.1.attn.in_proj_weight"].rank == 2 + 4
     merged = hf_clip.hf_to_open_clip(pm.merge_and_unload().state_dict())
     for k, v in base.items():
