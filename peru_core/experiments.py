@@ -6,6 +6,7 @@ Rows mirror the paper's tables (https://arxiv.org/abs/2310.01886, Table 1): per-
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -31,21 +32,34 @@ ROW_COLUMNS = ["spec_key", "label", "method", "mode", "source", "merge", "keep",
                "accuracy", "params", "bytes", "task_params", "task_bytes", "cached"]
 
 
-class _Memo:
-    """Small per-runtime LRU of expensive intermediates (merged models, prepared top-m selectors, LoRA SVDs)."""
+def _approx_bytes(value: Any) -> int:
+    """Rough memory held by a memoised value: tensors of a state dict, or a reuse object's flat work vectors."""
+    if isinstance(value, dict):
+        return sum(t.numel() * t.element_size() for t in value.values() if isinstance(t, torch.Tensor))
+    if isinstance(value, SparseReuse):
+        return int(value.layout.size * 4 * 1.6)  # the flat difference plus the sorted top slice
+    return 0
 
-    def __init__(self, size: int = 24) -> None:
+
+class _Memo:
+    """Per-runtime LRU of expensive intermediates (merged models, prepared top-m selectors, LoRA SVDs), bounded by
+    count and by bytes (``$PERU_CACHE_GB``, default 4) so a ViT-B/32-size zoo cannot fill the machine's memory."""
+
+    def __init__(self, size: int = 24, max_bytes: Optional[int] = None) -> None:
         self.size, self.items = size, OrderedDict()
+        self.max_bytes = max_bytes if max_bytes is not None else int(float(os.environ.get("PERU_CACHE_GB", 4)) * 2**30)
         self.lock = threading.RLock()
 
     def get(self, key: Any, make: Callable[[], Any]) -> Any:
         with self.lock:
             if key in self.items:
                 self.items.move_to_end(key)
-                return self.items[key]
+                return self.items[key][0]
             value = make()
-            self.items[key] = value
-            while len(self.items) > self.size:
+            self.items[key] = (value, _approx_bytes(value))
+            # evict oldest first; the newest entry always stays, even alone over the budget
+            while len(self.items) > 1 and (len(self.items) > self.size or
+                                           sum(b for _, b in self.items.values()) > self.max_bytes):
                 self.items.popitem(last=False)
             return value
 

@@ -133,3 +133,13 @@ def test_paper_specs_cover_the_table(rt):
     assert modes.count(Mode.POST_PRUNING) == 4 and modes.count(Mode.PERU_FFT) == 4
     assert [s.rank for s in specs if s.mode is Mode.PERU_LORA] == [q for q in (1, 2, 4, 8, 16) if q <= ex.lora_rank(rt)]
     assert {s.source for s in specs if s.mode is Mode.MERGE} == {Source.FULL, Source.LORA}
+
+
+def test_memo_is_bounded_by_bytes():
+    memo = ex._Memo(size=10, max_bytes=3 * 400)
+    for i in range(5):
+        memo.get(i, lambda: {"w": torch.zeros(100)})  # 400 bytes each
+    assert list(memo.items) == [2, 3, 4]
+    made = []
+    memo.get(4, lambda: made.append(1))
+    assert not made  # a hit does not rebuild

@@ -105,6 +105,10 @@ def test_hf_lora_q_v_adapter_lands_on_in_proj(inputs):
     assert set(adapter) == {key} and adapter[key].rank == 4
     merged = hf_clip.hf_to_open_clip(pm.merge_and_unload().state_dict())
     torch.testing.assert_close(base_hf[key] + adapter[key].delta(), merged[key], atol=1e-5, rtol=1e-5)
+    assert any("Hugging Face modules" in n for n in zoo.extra["notes"])
+    from peru_core.zoo.runtime import ZooRuntime
+
+    assert set(ZooRuntime(zoo, device="cpu").adapter("lora")) == {key}  # the dashboard's path
 
 
 def test_pickled_finetune_needs_explicit_conversion(inputs):
