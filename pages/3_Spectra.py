@@ -77,21 +77,27 @@ def energy_view(df: pd.DataFrame, q: int, layer: str, key: str) -> None:
                    f"layers (relative error {row['relative error'].iloc[0]:.3f}).")
 
 
-@st.fragment
-@page.guarded
-def lora_section(rt, task: str) -> None:
-    df = lora_spectra(ctx.zoo_hash, task, rt)
+def spectrum_view(df, name: str, rank_key: str, layer_key: str, layer_index: int = 0,
+                  rank_label: str | None = None) -> None:
+    """Singular values of every layer with the kept rank q marked, then the energy view of one layer."""
     layers = list(dict.fromkeys(df["layer"]))
     c = st.columns(2)
     with c[0]:
-        q = widgets.rank_slider(state.SP_RANK, int(df["index"].max()), value=4)
+        kwargs = {"label": rank_label} if rank_label else {}
+        q = widgets.rank_slider(rank_key, int(df["index"].max()), value=4, **kwargs)
     with c[1]:
-        layer = state.kept(st.selectbox, "Layer", key=state.SP_LAYER, options=layers, index=0)
+        layer = state.kept(st.selectbox, "Layer", key=layer_key, options=layers, index=layer_index)
     fig = viz.spectrum(df, color="layer")
     fig.update_layout(showlegend=len(layers) <= 12)
     fig.add_vline(x=q, line_dash="dash", line_color="black")
-    st.plotly_chart(fig, key="sp_lora_spectrum")
-    energy_view(df, q, layer, "sp_lora_energy")
+    st.plotly_chart(fig, key=f"sp_{name}_spectrum")
+    energy_view(df, q, layer, f"sp_{name}_energy")
+
+
+@st.fragment
+@page.guarded
+def lora_section(rt, task: str) -> None:
+    spectrum_view(lora_spectra(ctx.zoo_hash, task, rt), "lora", state.SP_RANK, state.SP_LAYER)
 
 
 @st.fragment
@@ -103,20 +109,9 @@ def full_section(rt, task: str) -> None:
         st.info("Full task vectors need one dense SVD per matrix; switch the toggle on to compute them.")
         return
     df = full_spectra(ctx.zoo_hash, task, rt)
-    layers = list(dict.fromkeys(df["layer"]))
-    c = st.columns(2)
-    with c[0]:
-        q = widgets.rank_slider(state.SP_FULL_RANK, int(df["index"].max()), value=4,
-                                label="q: rank kept per matrix (a truncated SVD)")
-    with c[1]:
-        blocks = [i for i, name in enumerate(layers) if name.startswith("block")]
-        layer = state.kept(st.selectbox, "Layer", key=state.SP_FULL_LAYER, options=layers,
-                           index=blocks[0] if blocks else 0)
-    fig = viz.spectrum(df, color="layer")
-    fig.update_layout(showlegend=len(layers) <= 12)
-    fig.add_vline(x=q, line_dash="dash", line_color="black")
-    st.plotly_chart(fig, key="sp_full_spectrum")
-    energy_view(df, q, layer, "sp_full_energy")
+    blocks = [i for i, name in enumerate(dict.fromkeys(df["layer"])) if name.startswith("block")]
+    spectrum_view(df, "full", state.SP_FULL_RANK, state.SP_FULL_LAYER, blocks[0] if blocks else 0,
+                  "q: rank kept per matrix (a truncated SVD)")
 
 
 @st.fragment

@@ -19,6 +19,7 @@ from peru_core import accounting as acc
 from peru_core.errors import PeruError
 from peru_core.merging import get_method, list_methods
 from peru_core.reuse import LoraReuse, SparseReuse, lowrank_to_tensors
+from peru_core.sparse import keep_count
 from peru_core.spec import Mode, RunSpec, Source
 from peru_core.statedict import numel
 from peru_core.store import ResultsStore
@@ -162,8 +163,6 @@ def _costs(runtime: Any, spec: RunSpec) -> acc.Accounting:
     if spec.mode is Mode.PERU_LORA:
         shapes = [[(*f.shape, f.rank) for f in runtime.adapter(t).values()] for t in runtime.zoo.task_names]
         return acc.lowrank_accounting(name, d, d * vb, shapes, spec.rank, vb)
-    from peru_core.sparse import keep_count
-
     if spec.scope.value == "global":
         nnz = keep_count(d, spec.keep)
     else:
