@@ -131,11 +131,15 @@ def merged_model(runtime: Any, spec: RunSpec, on_progress: Progress = None) -> S
 
 
 def _sparse(runtime: Any, spec: RunSpec, task_index: int) -> SparseReuse:
-    shared_key = ("merged", spec.source, spec.merge, spec.params) if spec.mode is Mode.PERU_FFT else "base"
-    shared = merged_model(runtime, spec) if spec.mode is Mode.PERU_FFT else runtime.base_state()
-    ft = source_models(runtime, spec.source)[task_index]
-    return _memo(runtime).get(("sparse", shared_key, spec.source, task_index, spec.scope),
-                              lambda: SparseReuse(shared, ft, spec.scope.value))
+    """The prepared top-m% selector of one task (theta_0 or theta_star as the shared model); any m is then cheap."""
+    fft = spec.mode is Mode.PERU_FFT
+    shared_key = ("merged", spec.source, spec.merge, spec.params) if fft else "base"
+
+    def make() -> SparseReuse:
+        shared = merged_model(runtime, spec) if fft else runtime.base_state()
+        return SparseReuse(shared, source_models(runtime, spec.source)[task_index], spec.scope.value)
+
+    return _memo(runtime).get(("sparse", shared_key, spec.source, task_index, spec.scope), make)
 
 
 def _lora_reuse(runtime: Any, task: str) -> LoraReuse:
