@@ -8,6 +8,10 @@ from disk one tensor at a time (plain reads, no mmap), so merges hold the base, 
 
     python benchmarks/bench_scale.py                          # ViT-B-32, then ViT-L-14 (each in its own process)
     python benchmarks/bench_scale.py --arch ViT-B-32 --tasks 8 --images 16
+    python benchmarks/bench_scale.py --arch ViT-B-32 --device cuda --baseline-device cpu   # GPU speed-up per stage
+
+With ``--baseline-device`` every stage also runs on that device (its own process, same machine, same run) and a table
+of speed-ups against it is printed.
 """
 from __future__ import annotations
 
@@ -161,16 +165,18 @@ def run_scale(arch: str = "ViT-B-32", tasks: int = 8, images: int = 16, workdir:
     base = rt.base_state()
     fts = [StreamedStateDict(s.finetuned, rt.tuned_keys) for s in zoo.tasks]
     d = sum(v.numel() for v in base.values())
-    merged = stage(rows, "task arithmetic", lambda: get_method("task_arithmetic")(base, fts, lam=0.3), values=d)
+    merged = stage(rows, "task arithmetic",
+                   lambda: get_method("task_arithmetic")(base, fts, lam=0.3, device=device), values=d)
+
     def ties() -> None:
-        get_method("ties")(base, fts, k=20.0, lam=1.0)  # result dropped: only its cost is measured here
+        get_method("ties")(base, fts, k=20.0, lam=1.0, device=device)  # result dropped: only its cost matters
 
     stage(rows, "ties", ties, values=d)
 
     def sweep() -> dict:
         eval_s, accs = 0.0, []
         for t, ft in enumerate(fts):
-            for _, model in SparseReuse(merged, ft).sweep(keeps, reuse_buffer=True):
+            for _, model in SparseReuse(merged, ft, device=device).sweep(keeps, reuse_buffer=True):
                 t0 = time.perf_counter()
                 accs.append(rt.accuracy(model, t))
                 eval_s += time.perf_counter() - t0
@@ -193,6 +199,43 @@ def run_scale(arch: str = "ViT-B-32", tasks: int = 8, images: int = 16, workdir:
     return rows
 
 
+def run_each(args: argparse.Namespace) -> int:
+    """Each architecture (and, with a baseline, each device) in its own process; then the speed-up table."""
+    status = 0
+    devices = [args.device or default_device()] + ([args.baseline_device] if args.baseline_device else [])
+    with tempfile.TemporaryDirectory(prefix="peru_bench_rows_") as tmp:
+        rows_file = Path(tmp) / "rows.jsonl"
+        for arch in args.arch:
+            for device in devices:
+                cmd = [sys.executable, __file__, "--arch", arch, "--tasks", str(args.tasks), "--images",
+                       str(args.images), "--keeps", *map(str, args.keeps), "--device", device,
+                       "--json", str(rows_file)]
+                cmd += ["--threads", str(args.threads)] if args.threads else []
+                rc = subprocess.call(cmd)
+                if rc != 0:
+                    print(f"{arch} on {device}: did not complete (exit {rc}); the largest model that fits is the "
+                          "one before it.")
+                    status = rc
+        rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.exists() else []
+    if args.json:
+        with open(args.json, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    if args.baseline_device:
+        print_speedups(rows, devices[0], args.baseline_device)
+    return status
+
+
+def print_speedups(rows: list[dict], device: str, baseline: str) -> None:
+    """Per architecture and stage: seconds on ``baseline``, on ``device``, and the ratio (baseline / device)."""
+    timed = {(r["arch"], r["device"], r["stage"]): r["seconds"] for r in rows}
+    print(f"\nspeed-up of {device} over {baseline} (baseline, measured in this run; seconds per stage):")
+    print(f"  {'arch':<10} {'stage':<18} {baseline:>10} {device:>10} {'speed-up':>9}")
+    for arch, dev, name in timed:
+        if dev == baseline and (arch, device, name) in timed:
+            b, d = timed[(arch, baseline, name)], timed[(arch, device, name)]
+            print(f"  {arch:<10} {name:<18} {b:10.2f} {d:10.2f} {b / d:8.1f}x")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", nargs="+", default=["ViT-B-32", "ViT-L-14"],
@@ -204,20 +247,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's); 1 is far steadier on a machine shared with "
                         "other jobs, where 2-thread pools spin against each other (TIES measured 30x slower)")
+    p.add_argument("--baseline-device", default=None,
+                   help="also run every stage on this device (e.g. cpu) and print --device's speed-up over it")
     p.add_argument("--json", default=None, help="append result rows (JSON lines) to this file")
     args = p.parse_args(argv)
-    if len(args.arch) > 1:  # one process per architecture: peak memory of one never hides in another's
-        status = 0
-        for arch in args.arch:
-            cmd = [sys.executable, __file__, "--arch", arch, "--tasks", str(args.tasks), "--images",
-                   str(args.images), "--keeps", *map(str, args.keeps)]
-            for flag, value in (("--device", args.device), ("--json", args.json), ("--threads", args.threads)):
-                cmd += [flag, str(value)] if value else []
-            rc = subprocess.call(cmd)
-            if rc != 0:
-                print(f"{arch}: did not complete (exit {rc}); the largest model that fits is the one before it.")
-                status = rc
-        return status
+    if len(args.arch) > 1 or args.baseline_device:  # one process per run: peak memory never hides in another's
+        return run_each(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; torch threads "

@@ -47,7 +47,7 @@ def lora_spectra(zoo_hash: str, task: str, _rt) -> pd.DataFrame:
 def full_spectra(zoo_hash: str, task: str, _rt) -> pd.DataFrame:
     from peru_core.lowrank import task_vector_spectra
 
-    return _tidy(task_vector_spectra(_rt.base_state(), _rt.finetuned(task)), task, _rt.prefix)
+    return _tidy(task_vector_spectra(_rt.base_state(), _rt.finetuned(task), device=_rt.device), task, _rt.prefix)
 
 
 @st.cache_data(show_spinner="Top-m% threshold of the task vector…", max_entries=64)

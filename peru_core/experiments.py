@@ -125,7 +125,7 @@ def merged_model(runtime: Any, spec: RunSpec, on_progress: Progress = None) -> S
 
             context = ZooContext(runtime)
         return method(runtime.base_state(), source_models(runtime, spec.source), context=context,
-                      on_progress=on_progress, **dict(spec.params))
+                      on_progress=on_progress, device=runtime.device, **dict(spec.params))
 
     return _memo(runtime).get(("merged", spec.source, spec.merge, spec.params), make)
 
@@ -137,7 +137,8 @@ def _sparse(runtime: Any, spec: RunSpec, task_index: int) -> SparseReuse:
 
     def make() -> SparseReuse:
         shared = merged_model(runtime, spec) if fft else runtime.base_state()
-        return SparseReuse(shared, source_models(runtime, spec.source)[task_index], spec.scope.value)
+        return SparseReuse(shared, source_models(runtime, spec.source)[task_index], spec.scope.value,
+                           device=runtime.device)
 
     return _memo(runtime).get(("sparse", shared_key, spec.source, task_index, spec.scope), make)
 

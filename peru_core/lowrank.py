@@ -14,6 +14,7 @@ from typing import Iterable, Mapping, Optional
 import numpy as np
 import torch
 
+from peru_core.device import DeviceLike, resolve_device
 from peru_core.errors import PeruError
 from peru_core.io import LoraAdapter, LoraFactors
 from peru_core.statedict import work_dtype
@@ -164,12 +165,16 @@ def lora_spectra(adapter: LoraAdapter) -> dict[str, np.ndarray]:
 
 
 def task_vector_spectra(base: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.Tensor], *,
-                        dtype: torch.dtype = torch.float32, on_progress: Progress = None) -> dict[str, np.ndarray]:
-    """Singular values (descending) of every 2-D matrix of ``theta_t - theta_0`` (full fine-tunes: dense SVDs)."""
+                        dtype: torch.dtype = torch.float32, on_progress: Progress = None,
+                        device: DeviceLike = None) -> dict[str, np.ndarray]:
+    """Singular values (descending) of every 2-D matrix of ``theta_t - theta_0`` (full fine-tunes: dense SVDs, on
+    ``device``: the GPU when there is one)."""
+    device = resolve_device(device)
     keys = [k for k, v in finetuned.items() if v.dim() == 2]
     out = {}
     for i, k in enumerate(keys):
-        out[k] = torch.linalg.svdvals(finetuned[k].to(dtype) - base[k].to(dtype)).numpy()
+        diff = finetuned[k].to(device, dtype) - base[k].to(device, dtype)
+        out[k] = torch.linalg.svdvals(diff).cpu().numpy()
         report(on_progress, (i + 1) / max(1, len(keys)), "singular values of the task vector")
     return out
 

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import torch
 
+from peru_core.device import DeviceLike
 from peru_core.errors import PeruError
 from peru_core.io import LoraAdapter
 from peru_core.lowrank import LowRank, ProductSVD, adapter_svd, apply_lowrank, truncate_adapter
@@ -29,16 +30,17 @@ class SparseReuse:
     """One task's sparse reuse: ``shared + top-m%(finetuned - shared)`` over the fine-tuned keys.
 
     ``shared`` is theta_0 (Post-Pruning) or theta_star (PERU-FFT); it may hold more keys than ``finetuned``.
-    Holds one flat difference vector (work dtype) and, once prepared, the sorted top slice.
+    Holds one flat difference vector (work dtype) and, once prepared, the sorted top slice. The sort runs on
+    ``device`` (default: the GPU when there is one); everything it keeps is in host memory.
     """
 
     def __init__(self, shared: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.Tensor],
-                 scope: str = "global"):
+                 scope: str = "global", *, device: DeviceLike = None):
         self.shared = shared
         self.layout = Layout.of(finetuned)
         dtype = work_dtype(self.layout.dtypes[0]) if self.layout.dtypes else torch.float32
         diff = flat_difference(finetuned, shared, self.layout, dtype=dtype)
-        self.selector = TopM(diff, self.layout, check_scope(scope))
+        self.selector = TopM(diff, self.layout, check_scope(scope), device=device)
 
     def task_part(self, keep: float) -> SparseDelta:
         """The sparse task-specific part at ``keep`` percent (values + flat indices; see ``SparseDelta``)."""
@@ -60,23 +62,26 @@ class SparseReuse:
 
 def shared_model(base: StateDict, finetuned: Sequence[StateDict], mode: str, *, merge: str = "task_arithmetic",
                  params: Optional[Mapping[str, Any]] = None, context: Optional[MergeContext] = None,
-                 on_progress: Progress = None) -> StateDict:
+                 on_progress: Progress = None, device: DeviceLike = None) -> StateDict:
     """theta_0 (Post-Pruning) or the merged theta_star (PERU-FFT) over the fine-tuned keys."""
     if mode not in MODES:
         raise PeruError(f"Unknown reuse mode {mode!r}; use one of: {', '.join(MODES)}.")
     if mode == "post-pruning":
         return {k: base[k] for k in finetuned[0]} if finetuned else {}
-    return get_method(merge)(base, finetuned, context=context, on_progress=on_progress, **dict(params or {}))
+    return get_method(merge)(base, finetuned, context=context, on_progress=on_progress, device=device,
+                             **dict(params or {}))
 
 
-def post_pruning(base: StateDict, finetuned: StateDict, keep: float, scope: str = "global") -> StateDict:
+def post_pruning(base: StateDict, finetuned: StateDict, keep: float, scope: str = "global", *,
+                 device: DeviceLike = None) -> StateDict:
     """``theta_0 + top-m%(theta_t - theta_0)`` for one task."""
-    return SparseReuse(base, finetuned, scope).model(keep)
+    return SparseReuse(base, finetuned, scope, device=device).model(keep)
 
 
-def peru_fft(merged: StateDict, finetuned: StateDict, keep: float, scope: str = "global") -> StateDict:
+def peru_fft(merged: StateDict, finetuned: StateDict, keep: float, scope: str = "global", *,
+             device: DeviceLike = None) -> StateDict:
     """``theta_star + top-m%(theta_t - theta_star)`` for one task (``merged`` = theta_star)."""
-    return SparseReuse(merged, finetuned, scope).model(keep)
+    return SparseReuse(merged, finetuned, scope, device=device).model(keep)
 
 
 class LoraReuse:

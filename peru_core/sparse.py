@@ -10,7 +10,8 @@ Conventions (where the paper is silent):
 * exactly ``k`` entries are kept: ties at the threshold go to the lower flat index (layout order, then element
   order), so results are deterministic;
 * a :class:`TopM` partitions ``|v|`` once for the largest m it is asked for (``numpy.partition``, linear time), sorts
-  only that slice, and then every smaller m is a prefix of the same arrays (no work per m).
+  only that slice, and then every smaller m is a prefix of the same arrays (no work per m). On a GPU it instead
+  sorts ``|v|`` once with a stable descending sort (a radix sort there; the same order, ties to the lower index).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import Iterable, Iterator, Mapping, Optional
 import numpy as np
 import torch
 
+from peru_core.device import DeviceLike, resolve_device
 from peru_core.errors import PeruError
 from peru_core.statedict import CHUNK, Layout, flatten, unflatten, work_dtype
 from peru_core.types import StateDict
@@ -98,8 +100,36 @@ def _sorted_top(x: np.ndarray, k: int, scratch: Optional[np.ndarray] = None) -> 
     return cand[order]
 
 
+def sorted_top_torch(x: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and values of the k largest ``|x|``, by decreasing magnitude, ties to the lower position, computed
+    where ``x`` lives (the GPU path of :func:`_sorted_top`; on the CPU it gives the same answer, only slower)."""
+    if k <= 0:
+        return np.empty(0, np.int64), x[:0].cpu().numpy()
+    order = torch.sort(x.abs(), descending=True, stable=True).indices[:k]  # stable: equal |x| keep index order
+    return order.cpu().numpy(), x[order].cpu().numpy()
+
+
 def _shift(positions: np.ndarray, offset: int) -> np.ndarray:
     return positions + offset if offset else positions
+
+
+Segments = list[tuple[int, int]]
+
+
+def top_segments_numpy(x: np.ndarray, segs: Segments, counts: list[int], scratch: Optional[np.ndarray] = None
+                       ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per segment ``[s, e)`` of ``x``, the global positions and values of its ``count`` largest ``|x|`` in
+    decreasing order (the CPU path: partition, then sort only the kept slice)."""
+    order = [_shift(_sorted_top(x[s:e], k, scratch), s) for k, (s, e) in zip(counts, segs)]
+    return order, [x[o] for o in order]
+
+
+def top_segments_torch(vector: torch.Tensor, segs: Segments, counts: list[int], device: torch.device
+                       ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """:func:`top_segments_numpy` computed on ``device`` (one copy of the vector there, freed on return)."""
+    on_device = vector.to(device)
+    tops = [sorted_top_torch(on_device[s:e], k) for k, (s, e) in zip(counts, segs)]
+    return [_shift(o, s) for (o, _), (s, _e) in zip(tops, segs)], [v for _, v in tops]
 
 
 @dataclass(frozen=True, eq=False)
@@ -175,12 +205,13 @@ class TopM:
     """
 
     def __init__(self, vector: torch.Tensor, layout: Layout, scope: str = "global", *,
-                 scratch: Optional[np.ndarray] = None):
+                 scratch: Optional[np.ndarray] = None, device: DeviceLike = None):
         if vector.dim() != 1 or vector.numel() != layout.size:
             raise ValueError("vector must be flat and match the layout")
         # optional work buffer (at least layout.size values of the vector's dtype) reused across selectors, so a
         # sweep over many tasks does not page-fault a fresh |v| copy per task
         self.layout, self.scope = layout, check_scope(scope)
+        self.device = resolve_device(device)  # where prepare() sorts; the selected parts always come back to the host
         self.vector = vector.contiguous()
         self._x = self.vector.numpy()
         ok = scratch is not None and scratch.size >= layout.size and scratch.dtype == self._x.dtype
@@ -190,10 +221,11 @@ class TopM:
         self._vals: list[np.ndarray] = []
 
     @classmethod
-    def of(cls, task_vector: Mapping[str, torch.Tensor], scope: str = "global") -> "TopM":
+    def of(cls, task_vector: Mapping[str, torch.Tensor], scope: str = "global", *,
+           device: DeviceLike = None) -> "TopM":
         """From a state dict of differences (copied into one flat work-dtype vector)."""
         layout = Layout.of(task_vector)
-        return cls(flatten(task_vector, layout), layout, scope)
+        return cls(flatten(task_vector, layout), layout, scope, device=device)
 
     def _segments(self) -> list[tuple[int, int]]:
         if self.scope == "global":
@@ -208,8 +240,11 @@ class TopM:
         if self._k and all(w <= k for w, k in zip(want, self._k)):
             return
         self._k = want
-        self._order = [_shift(_sorted_top(self._x[s:e], k, self._scratch), s) for k, (s, e) in zip(want, segs)]
-        self._vals = [self._x[o] for o in self._order]  # gathered once: every m then takes a prefix view
+        # positions and values gathered once: every m then takes a prefix view
+        if self.device.type == "cpu":
+            self._order, self._vals = top_segments_numpy(self._x, segs, want, self._scratch)
+        else:
+            self._order, self._vals = top_segments_torch(self.vector, segs, want, self.device)
 
     def select(self, keep: float) -> SparseDelta:
         """The top-``keep``% entries (exactly ``keep_count`` per segment)."""
@@ -236,6 +271,8 @@ class TopM:
             yield m, self.select(m)
 
 
-def top_m(task_vector: Mapping[str, torch.Tensor], keep: float, scope: str = "global") -> SparseDelta:
-    """Keep the top-``keep``% entries of ``task_vector`` by magnitude (``global`` or ``per-tensor``)."""
-    return TopM.of(task_vector, scope).select(keep)
+def top_m(task_vector: Mapping[str, torch.Tensor], keep: float, scope: str = "global", *,
+          device: DeviceLike = None) -> SparseDelta:
+    """Keep the top-``keep``% entries of ``task_vector`` by magnitude (``global`` or ``per-tensor``); the selection
+    runs on ``device`` (default: the GPU when there is one)."""
+    return TopM.of(task_vector, scope, device=device).select(keep)

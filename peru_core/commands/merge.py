@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
+from peru_core.device import resolve_device
 from peru_core.errors import PeruError
 from peru_core.io import load_state_dict, save_state_dict, validate_base, validate_finetuned, validate_task_names
 from peru_core.merging import get_method, list_methods
@@ -61,6 +62,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetuned", nargs="*", default=[], metavar="T", help="fine-tuned checkpoints (.safetensors)")
     p.add_argument("--prefix", default="", help='key prefix of the tuned part the fine-tuned files hold ("" = whole '
                                                  'model, e.g. "visual." for an image encoder)')
+    p.add_argument("--device", default=None, help="cuda or cpu for the compute-bound steps (default: cuda when "
+                                                  "available)")
 
 
 def add_parser(subparsers) -> None:
@@ -82,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
                         "or the sweep command.")
     if Path(args.out).suffix != ".safetensors":
         raise PeruError(f"--out {args.out} should end in .safetensors; merged models are written as safetensors.")
+    device = resolve_device(args.device)  # a bad --device fails before gigabytes are read too
     base, finetuned, names = load_inputs(args.base, args.finetuned, args.prefix)
-    merged = method(base, finetuned, **params)
+    merged = method(base, finetuned, device=device, **params)
     save_state_dict(merged, args.out, metadata={"method": method.name, "params": repr(params),
                                                 "tasks": ",".join(names), "prefix": args.prefix})
     print(f"merged {len(finetuned)} models with {method.label} into {args.out}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from peru_core.accounting import dtype_bytes, sparse_accounting
 from peru_core.commands.merge import add_common, load_inputs, parse_params
+from peru_core.device import resolve_device
 from peru_core.errors import PeruError
 from peru_core.io import atomic_dir, save_state_dict
 from peru_core.merging import get_method
@@ -47,11 +48,12 @@ def run(args: argparse.Namespace) -> int:
     elif raw:
         raise PeruError("--param applies to the merge of peru-fft; drop it for post-pruning.")
     base, finetuned, names = load_inputs(args.base, args.finetuned, args.prefix)
-    shared = shared_model(base, finetuned, args.mode, merge=args.merge, params=params)
+    device = resolve_device(args.device)  # before reading gigabytes
+    shared = shared_model(base, finetuned, args.mode, merge=args.merge, params=params, device=device)
     rows, nnz = [], []
     with atomic_dir(args.out) as tmp:
         for name, path, ft in zip(names, args.finetuned, finetuned):
-            reuse = SparseReuse(shared, ft, args.scope)
+            reuse = SparseReuse(shared, ft, args.scope, device=device)
             part = reuse.task_part(keep)
             save_state_dict(part.apply(shared), tmp / f"{name}.safetensors",
                             metadata={"mode": args.mode, "keep": repr(keep), "scope": args.scope})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from peru_core.device import DeviceLike
 from peru_core.merging.registry import MergeContext, merge_method
 from peru_core.statedict import tuned_keys, weighted_sum
 from peru_core.types import Progress, StateDict
@@ -22,6 +23,6 @@ def average_merge(base: StateDict, finetuned: Sequence[StateDict], *, on_progres
 @merge_method("average", label="Simple average", paper="https://arxiv.org/abs/2203.05482",
               summary="Mean of the fine-tuned weights.")
 def average(base: StateDict, finetuned: Sequence[StateDict], *, context: Optional[MergeContext] = None,
-            on_progress: Progress = None) -> StateDict:
-    """Mean of the fine-tuned weights."""
+            on_progress: Progress = None, device: DeviceLike = None) -> StateDict:
+    """Mean of the fine-tuned weights (memory-bound: one pass in host memory whatever ``device`` is)."""
     return average_merge(base, finetuned, on_progress=on_progress)

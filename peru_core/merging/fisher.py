@@ -11,6 +11,7 @@ from typing import Mapping, Optional, Sequence
 import torch
 
 from peru_core.errors import PeruError
+from peru_core.device import DeviceLike
 from peru_core.merging.registry import MergeContext, Param, merge_method
 from peru_core.statedict import tuned_keys, work_dtype
 from peru_core.types import Progress, StateDict, report
@@ -48,8 +49,9 @@ def fisher_merge(finetuned: Sequence[StateDict], fishers: Sequence[Mapping[str, 
 @merge_method("fisher", label="Fisher merging", paper="https://arxiv.org/abs/2111.09832", params=(SAMPLES,),
               needs=("fisher",), summary="Entry-wise average weighted by each model's diagonal Fisher information.")
 def fisher(base: StateDict, finetuned: Sequence[StateDict], *, samples: int, context: Optional[MergeContext] = None,
-           on_progress: Progress = None) -> StateDict:
-    """Entry-wise average weighted by each model's diagonal Fisher information."""
+           on_progress: Progress = None, device: DeviceLike = None) -> StateDict:
+    """Entry-wise average weighted by each model's diagonal Fisher information (the Fishers are computed on the
+    context's device; the weighted average is one memory-bound pass in host memory)."""
     tuned_keys(base, finetuned)
     fishers = []
     for t, sd in enumerate(finetuned):

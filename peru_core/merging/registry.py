@@ -5,10 +5,12 @@ Usage (one file per method in ``peru_core/merging/``)::
     @merge_method("ties", label="TIES-Merging", paper="https://arxiv.org/abs/2306.01708",
                   params=(Param("k", 20.0, 1.0, 100.0, "percent of each task vector kept"),
                           Param("lam", 1.0, 0.0, 3.0, "scale of the merged task vector")))
-    def ties(base, finetuned, *, k, lam, context=None): ...
+    def ties(base, finetuned, *, k, lam, context=None, on_progress=None, device=None): ...
 
 Methods that need a model and data (Fisher, RegMean) declare ``needs=("fisher",)`` or ``("grams",)`` and receive a
-:class:`MergeContext` that computes those statistics; the others get ``context=None``.
+:class:`MergeContext` that computes those statistics; the others get ``context=None``. ``device`` is where a method
+may run its compute-bound kernels (resolved before the call: the GPU when there is one); a memory-bound method keeps
+to the host and ignores it (see :mod:`peru_core.device`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import torch
 
+from peru_core.device import DeviceLike, resolve_device
 from peru_core.errors import PeruError
 from peru_core.types import Progress, StateDict
 
@@ -88,14 +91,15 @@ class MergeMethod:
         return {n: p.check(params.get(n, p.default)) for n, p in known.items()}
 
     def __call__(self, base: StateDict, finetuned: Sequence[StateDict], *, context: Optional[MergeContext] = None,
-                 on_progress: Progress = None, **params: Any) -> StateDict:
+                 on_progress: Progress = None, device: DeviceLike = None, **params: Any) -> StateDict:
         checked = self.check_params(params)
         if self.needs and context is None:
             raise PeruError(f"{self.label} needs a model and validation data ({', '.join(self.needs)}); "
                             "run it on a zoo, not on bare checkpoints.")
         if not finetuned:
             raise PeruError("No fine-tuned models were given; pass at least one task.")
-        return self.fn(base, list(finetuned), context=context, on_progress=on_progress, **checked)
+        return self.fn(base, list(finetuned), context=context, on_progress=on_progress,
+                       device=resolve_device(device), **checked)
 
 
 _REGISTRY: dict[str, MergeMethod] = {}
@@ -103,7 +107,7 @@ _REGISTRY: dict[str, MergeMethod] = {}
 
 def merge_method(name: str, *, label: str, paper: str, params: tuple[Param, ...] = (),
                  needs: tuple[str, ...] = (), summary: str = "") -> Callable[[MergeFn], MergeFn]:
-    """Register ``fn(base, finetuned, *, context, on_progress, **params) -> merged state dict``."""
+    """Register ``fn(base, finetuned, *, context, on_progress, device, **params) -> merged state dict``."""
 
     def wrap(fn: MergeFn) -> MergeFn:
         if name in _REGISTRY:

@@ -14,6 +14,7 @@ import torch
 
 from peru_core.errors import PeruError
 from peru_core.merging.fisher import SAMPLES
+from peru_core.device import DeviceLike
 from peru_core.merging.registry import MergeContext, Param, merge_method
 from peru_core.statedict import tuned_keys, work_dtype
 from peru_core.types import Progress, StateDict, report
@@ -60,8 +61,10 @@ def regmean_merge(finetuned: Sequence[StateDict], grams: Sequence[Mapping[str, t
                       SAMPLES),
               needs=("grams",), summary="Per linear layer, the least-squares fit to every model's outputs on its inputs.")
 def regmean(base: StateDict, finetuned: Sequence[StateDict], *, alpha: float, samples: int,
-            context: Optional[MergeContext] = None, on_progress: Progress = None) -> StateDict:
-    """Per linear layer, the least-squares fit to every model's outputs on its own inputs."""
+            context: Optional[MergeContext] = None, on_progress: Progress = None,
+            device: DeviceLike = None) -> StateDict:
+    """Per linear layer, the least-squares fit to every model's outputs on its own inputs (the Gram matrices are
+    computed on the context's device; the per-layer solves run in host memory)."""
     tuned_keys(base, finetuned)
     grams = []
     for t, sd in enumerate(finetuned):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from peru_core.device import DeviceLike
 from peru_core.merging.registry import MergeContext, Param, merge_method
 from peru_core.statedict import tuned_keys, weighted_sum
 from peru_core.types import Progress, StateDict
@@ -29,6 +30,8 @@ def task_arithmetic_merge(base: StateDict, finetuned: Sequence[StateDict], lam: 
               params=(Param("lam", 0.3, 0.0, 2.0, "scale of the summed task vectors", step=0.05),),
               summary="Add the scaled sum of the task vectors to the base.")
 def task_arithmetic(base: StateDict, finetuned: Sequence[StateDict], *, lam: float,
-                    context: Optional[MergeContext] = None, on_progress: Progress = None) -> StateDict:
-    """Add the scaled sum of the task vectors to the base."""
+                    context: Optional[MergeContext] = None, on_progress: Progress = None,
+                    device: DeviceLike = None) -> StateDict:
+    """Add the scaled sum of the task vectors to the base (memory-bound: one pass in host memory whatever
+    ``device`` is)."""
     return task_arithmetic_merge(base, finetuned, lam, on_progress=on_progress)

@@ -14,8 +14,10 @@ Zero elected sign (the trimmed values cancel exactly, or none was kept): the mer
 value is kept. (The reference code falls back to the sign of the sum of all elected signs; we do not, so the
 result does not depend on entries elsewhere in the model.)
 
-Speed: thresholds by one in-place ``numpy.partition`` per task on a reused buffer, then one fused pass over chunks
-that keeps four running sums (trimmed values, magnitudes, signs, non-zeros) instead of stacking T task vectors.
+Speed: thresholds by one in-place ``numpy.partition`` per task on a reused buffer (one radix sort on a GPU), then
+one fused pass over chunks that keeps four running sums (trimmed values, magnitudes, signs, non-zeros) instead of
+stacking T task vectors. On a GPU the same pass runs there, one whole tensor per step; the inputs stay in host memory
+and only the merged tensor comes back.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from peru_core.device import DeviceLike, resolve_device
 from peru_core.merging.registry import MergeContext, Param, merge_method
 from peru_core.sparse import keep_count
 from peru_core.statedict import Layout, flat_difference, tuned_keys, work_dtype
@@ -35,8 +38,9 @@ from peru_core.types import Progress, StateDict, report
 
 
 def ties_thresholds(base: StateDict, finetuned: Sequence[StateDict], k: float, keys: Sequence[str],
-                    on_progress: Progress = None) -> list[float]:
+                    on_progress: Progress = None, device: DeviceLike = None) -> list[float]:
     """Per task, the magnitude of its k-th largest task-vector entry (``inf`` keeps nothing, 0 keeps all)."""
+    device = resolve_device(device)
     layout = Layout.of(finetuned[0], keys)
     d = layout.size
     count = keep_count(d, k)
@@ -48,38 +52,49 @@ def ties_thresholds(base: StateDict, finetuned: Sequence[StateDict], k: float, k
     out = []
     for t, sd in enumerate(finetuned):
         flat_difference(sd, base, layout, out=buf).abs_()
-        arr = buf.numpy()
-        arr.partition(d - count)  # linear-time selection, in place
-        out.append(float(arr[d - count]))
+        if device.type == "cpu":
+            arr = buf.numpy()
+            arr.partition(d - count)  # linear-time selection, in place
+            out.append(float(arr[d - count]))
+        else:  # the same order statistic from one radix sort: 4.5 ms for 88M values on an H100, kthvalue 639 ms
+            out.append(float(torch.sort(buf.to(device)).values[d - count]))
         report(on_progress, 0.5 * (t + 1) / len(finetuned), f"TIES: trim threshold of task {t + 1}")
     return out
 
 
 def ties_merge(base: StateDict, finetuned: Sequence[StateDict], k: float, lam: float, *,
-               on_progress: Progress = None) -> StateDict:
-    """TIES-Merging of ``finetuned`` onto ``base`` (``k`` percent kept per task, scale ``lam``)."""
+               on_progress: Progress = None, device: DeviceLike = None) -> StateDict:
+    """TIES-Merging of ``finetuned`` onto ``base`` (``k`` percent kept per task, scale ``lam``), computed on
+    ``device`` (default: the GPU when there is one); the result is in host memory."""
+    device = resolve_device(device)
     keys = tuned_keys(base, finetuned)
     # ``threshold_`` keeps a > t: the float32 just below each threshold turns that into |v| >= threshold
     below = [float(np.nextafter(np.float32(t), np.float32(-np.inf))) for t in
-             ties_thresholds(base, finetuned, k, keys, on_progress)]
+             ties_thresholds(base, finetuned, k, keys, on_progress, device)]
     out: StateDict = {}
-    n_chunk = min(CHUNK, max(base[key].numel() for key in keys))
-    v, a = torch.empty(n_chunk), torch.empty(n_chunk)
+    largest = max(base[key].numel() for key in keys)
+    # on the CPU a chunk stays in cache; on a GPU one launch per whole tensor is what pays
+    chunk = CHUNK if device.type == "cpu" else largest
+    n_chunk = min(chunk, largest)
+    v, a = torch.empty(n_chunk, device=device), torch.empty(n_chunk, device=device)
     # running sums over tasks: trimmed values, their magnitudes, their signs, their squared signs (= non-zeros);
     # float-only ops (bool masks and their promotions cost 4-5x more per element here)
-    acc = torch.empty(4, n_chunk)
+    acc = torch.empty(4, n_chunk, device=device)
     for i, key in enumerate(keys):
         wd = work_dtype(base[key].dtype)
-        b_all = base[key].reshape(-1)
-        res = torch.empty(b_all.numel(), dtype=wd)
-        for s in range(0, b_all.numel(), CHUNK):
-            n = min(CHUNK, b_all.numel() - s)
+        if v.dtype != wd:
+            v, a, acc = v.to(wd), a.to(wd), acc.to(wd)
+        b_all = base[key].reshape(-1).to(device)
+        fl = [sd[key].reshape(-1).to(device) for sd in finetuned]  # no copy on the CPU
+        res = torch.empty(b_all.numel(), dtype=wd, device=device)
+        for s in range(0, b_all.numel(), chunk):
+            n = min(chunk, b_all.numel() - s)
             b = b_all[s:s + n]
             vv, aa = v[:n], a[:n]
             tot, mag, sgn, nnz = acc[:, :n]
             acc[:, :n].zero_()
-            for t, sd in enumerate(finetuned):
-                torch.sub(sd[key].reshape(-1)[s:s + n], b, out=vv)
+            for t, f in enumerate(fl):
+                torch.sub(f[s:s + n], b, out=vv)
                 torch.abs(vv, out=aa)
                 torch.threshold_(aa, below[t], 0.0)  # trim: |v| below the task's threshold -> 0
                 torch.copysign(aa, vv, out=vv)  # trimmed v
@@ -95,7 +110,7 @@ def ties_merge(base: StateDict, finetuned: Sequence[StateDict], k: float, lam: f
             neg = torch.sub(tot, mag).div_(torch.sub(nnz, sgn).clamp_(min=1.0))
             merged = torch.where(tot > 0, pos, torch.where(tot < 0, neg, 0.0))
             torch.add(b.to(wd), merged, alpha=lam, out=res[s:s + n])
-        out[key] = res.view(base[key].shape).to(base[key].dtype)
+        out[key] = res.view(base[key].shape).to("cpu", base[key].dtype)
         report(on_progress, 0.5 + 0.5 * (i + 1) / len(keys), "TIES: elect and merge")
     return out
 
@@ -105,6 +120,6 @@ def ties_merge(base: StateDict, finetuned: Sequence[StateDict], k: float, lam: f
                       Param("lam", 1.0, 0.0, 3.0, "scale of the merged task vector", step=0.05)),
               summary="Trim each task vector, elect a sign per entry, average the agreeing entries.")
 def ties(base: StateDict, finetuned: Sequence[StateDict], *, k: float, lam: float,
-         context: Optional[MergeContext] = None, on_progress: Progress = None) -> StateDict:
+         context: Optional[MergeContext] = None, on_progress: Progress = None, device: DeviceLike = None) -> StateDict:
     """Trim each task vector, elect a sign per entry, average the agreeing entries."""
-    return ties_merge(base, finetuned, k, lam, on_progress=on_progress)
+    return ties_merge(base, finetuned, k, lam, on_progress=on_progress, device=device)

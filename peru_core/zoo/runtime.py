@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from peru_core.data import load_task_data
-from peru_core.device import default_device
+from peru_core.device import resolve_device
 from peru_core.errors import PeruError
 from peru_core.evaluate import DEFAULT_BATCH, accuracy_of, image_features, load_tuned, predict
 from peru_core.io import load_lora_adapter, load_state_dict, validate_adapter
@@ -33,7 +33,7 @@ class ZooRuntime:
 
     def __init__(self, zoo: Zoo, device: Optional[str] = None, batch_size: int = DEFAULT_BATCH) -> None:
         self.zoo = zoo
-        self.device = torch.device(device or default_device())
+        self.device = resolve_device(device)
         self.batch_size = batch_size
         self.prefix = zoo.tuned_prefix
         self._lock = threading.RLock()
