@@ -2,7 +2,9 @@
 
 Every reuse method of PERU (https://arxiv.org/abs/2310.01886) ends in "evaluate this tuned state dict on task t";
 :class:`ZooRuntime` makes that call cheap: the state dict is copied into the existing parameters (no rebuild), the
-frozen heads come from the never-tuned text tower once per task, and test sets are preprocessed once.
+frozen heads come from the never-tuned text tower once per task, and test sets are preprocessed once. The model
+(and open_clip, a 3 s import) is built on first use, so answering from the results store, costs and specs need only
+the base checkpoint.
 """
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ from peru_core.device import resolve_device
 from peru_core.errors import PeruError
 from peru_core.evaluate import DEFAULT_BATCH, accuracy_of, image_features, load_tuned, predict
 from peru_core.io import load_lora_adapter, load_state_dict, validate_adapter
-from peru_core.models import create_clip, get_tokenizer, image_size, zero_shot_head
 from peru_core.types import StateDict
 from peru_core.zoo.manifest import TaskSpec, Zoo
 
@@ -37,26 +38,54 @@ class ZooRuntime:
         self.batch_size = batch_size
         self.prefix = zoo.tuned_prefix
         self._lock = threading.RLock()
-        self.model = create_clip(zoo.architecture, zoo.model_config, self.device)
-        full = load_state_dict(zoo.base)
-        missing, unexpected = self.model.load_state_dict(full, strict=False)
-        if missing or unexpected:
-            what = f"lacks {missing[0]!r}" if missing else f"has an unexpected key {unexpected[0]!r}"
-            raise PeruError(f"Base checkpoint {zoo.base.name} {what} for architecture {zoo.architecture!r}; "
-                            "use weights saved from that architecture.")
-        self.model.requires_grad_(False)
-        self._base: StateDict = {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()
-                                 if k.startswith(self.prefix)}
+        # the tuned part as the model holds it (open_clip builds float32 models): floats widened, nothing else kept
+        self._base: StateDict = {k: v.float() if v.is_floating_point() else v
+                                 for k, v in load_state_dict(zoo.base).items() if k.startswith(self.prefix)}
         if not self._base:
-            raise PeruError(f"No model parameter starts with the zoo's tuned_prefix {self.prefix!r}; fix zoo.json.")
-        self.tokenizer = get_tokenizer(zoo.architecture)
-        self.image_size = image_size(self.model)
+            raise PeruError(f"No tensor of {zoo.base.name} starts with the zoo's tuned_prefix {self.prefix!r}; "
+                            "fix zoo.json.")
+        self._model: Optional[torch.nn.Module] = None
+        self._tokenizer: Any = None
+        self._image_size = 0
         self._heads: dict[str, torch.Tensor] = {}
         self._data: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._finetuned: dict[str, StateDict] = {}
         self._adapters: dict[str, Any] = {}
 
     # --- tasks and checkpoints ---------------------------------------------------------------------------
+    @property
+    def model(self) -> torch.nn.Module:
+        """The zoo's CLIP on the runtime's device with the base weights (built on first use)."""
+        return self._built()[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._built()[1]
+
+    @property
+    def image_size(self) -> int:
+        return self._built()[2]
+
+    def _built(self) -> tuple[torch.nn.Module, Any, int]:
+        with self._lock:
+            if self._model is None:
+                self._build_model()
+            return self._model, self._tokenizer, self._image_size  # type: ignore[return-value]
+
+    def _build_model(self) -> None:
+        from peru_core.models import create_clip, get_tokenizer, image_size  # open_clip: only when evaluating
+
+        model = create_clip(self.zoo.architecture, self.zoo.model_config, self.device)
+        missing, unexpected = model.load_state_dict(load_state_dict(self.zoo.base), strict=False)
+        if missing or unexpected:
+            what = f"lacks {missing[0]!r}" if missing else f"has an unexpected key {unexpected[0]!r}"
+            raise PeruError(f"Base checkpoint {self.zoo.base.name} {what} for architecture "
+                            f"{self.zoo.architecture!r}; use weights saved from that architecture.")
+        model.requires_grad_(False)
+        self._tokenizer = get_tokenizer(self.zoo.architecture)
+        self._image_size = image_size(model)
+        self._model = model
+
     def spec(self, task: TaskRef) -> TaskSpec:
         """The manifest entry of ``task`` (its name or index)."""
         if isinstance(task, int):
@@ -105,6 +134,8 @@ class ZooRuntime:
         """The frozen zero-shot head of ``task`` (classes x embed_dim, on the runtime's device)."""
         spec = self.spec(task)
         if spec.name not in self._heads:
+            from peru_core.models import zero_shot_head
+
             with self._lock:  # the text tower is never tuned, so the visual weights loaded now do not matter
                 self._heads[spec.name] = zero_shot_head(self.model, self.tokenizer, spec.classes, spec.templates,
                                                         self.device)

@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load as st_load
 
 from peru_core import experiments as ex
+from peru_core.errors import PeruError
 from peru_core.sparse import SparseDelta, keep_count
 from peru_core.spec import Mode, RunSpec, Source
 from peru_core.store import ResultsStore
@@ -143,3 +144,32 @@ def test_memo_is_bounded_by_bytes():
     made = []
     memo.get(4, lambda: made.append(1))
     assert not made  # a hit does not rebuild
+
+
+def test_store_answers_without_building_the_model(tiny_zoo_dir, tmp_path):
+    """Rows from the store, costs and specs need only the base checkpoint: no model, no open_clip import."""
+    store = ResultsStore(tmp_path / "r.sqlite")
+    specs = ex.paper_specs(ZooRuntime(load_zoo(tiny_zoo_dir)), merges=["task_arithmetic"], keeps=[5], ranks=[1])
+    first = ex.run_specs(ZooRuntime(load_zoo(tiny_zoo_dir)), specs, store)
+    warm = ZooRuntime(load_zoo(tiny_zoo_dir))
+    again = ex.run_specs(warm, specs, store)
+    assert warm._model is None and again["cached"].all()
+    assert list(again["accuracy"]) == list(first["accuracy"]) and list(again["params"]) == list(first["params"])
+    assert warm.model is warm.model and warm._model is not None  # built once, on first use
+
+
+def test_base_that_does_not_fit_the_architecture_is_one_sentence(tiny_zoo_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo_dir, copy)
+    manifest = load_zoo(copy)
+    sd = load_file(str(manifest.base))
+    save_file({**sd, "visual.extra": torch.zeros(2)}, str(manifest.base))
+    rt = ZooRuntime(load_zoo(copy))
+    with pytest.raises(PeruError, match=r"has an unexpected key 'visual.extra' for architecture") as err:
+        rt.accuracy(rt.base_state(), 0)
+    assert "\n" not in str(err.value)
+    save_file({k: v for k, v in sd.items() if not k.startswith("visual.")}, str(manifest.base))
+    with pytest.raises(PeruError, match="tuned_prefix 'visual.'; fix zoo.json"):
+        ZooRuntime(load_zoo(copy))
