@@ -6,7 +6,8 @@
 Each stage runs in its own subprocess so its peak memory (``ru_maxrss``) is its own. Every figure is compared with a
 named baseline measured in the same run; where a baseline would take minutes or more memory than the machine has,
 it runs on part of the work and is scaled linearly (printed as such). Weights are random (no download).
-Compare ratios, not seconds: the machine may be shared. PERU: https://arxiv.org/abs/2310.01886
+Compare ratios, not seconds: the machine may be shared. Everything runs on the CPU, baselines included (the GPU
+comparison is ``bench_scale.py --device cuda --baseline-device cpu``). PERU: https://arxiv.org/abs/2310.01886
 """
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ def stage_sweep(shapes, args) -> dict:
                                                                                                 sorted=False)))
             total += dt
             if args.check and m == calls[-1][1]:  # same kept magnitudes (which of tied values is kept may differ)
-                mine = TopM(vec, layout).select(m)
+                mine = TopM(vec, layout, device="cpu").select(m)
                 ok = ok and np.array_equal(np.sort(np.abs(mine.values)), np.sort(np.abs(vals.numpy())))
         return {"seconds": total * TASKS * len(KEEPS) / len(calls), "measured_calls": len(calls),
                 "same_selection": ok, "peak_mb": peak_mb()}
@@ -136,7 +137,7 @@ def stage_sweep(shapes, args) -> dict:
     scratch = np.empty(d, dtype=np.float32)  # one |v| work buffer for all tasks
     for t in range(TASKS):
         torch.randn(d, generator=g, out=vec)
-        sel = TopM(vec, layout, scratch=scratch)
+        sel = TopM(vec, layout, scratch=scratch, device="cpu")
 
         def run():
             return sum(part.nnz + int(part.values.size) for _, part in sel.sweep(KEEPS))
@@ -207,30 +208,10 @@ def stage_task_arithmetic(shapes, args) -> dict:
     return {"seconds": dt, "peak_mb": peak_mb(), "inputs_mb": size_mb}
 
 
-def naive_ties(base, fts, k, lam):
-    """Straightforward TIES: stack the task vectors, torch.kthvalue per task, full temporaries."""
-    import torch
-
-    keys = list(base)
-    tv = torch.stack([torch.cat([(sd[x] - base[x]).reshape(-1) for x in keys]) for sd in fts])
-    d = tv.shape[1]
-    n = max(1, int(d * k / 100 + 0.5))
-    thr = tv.abs().kthvalue(d - n + 1, dim=1, keepdim=True).values
-    trimmed = tv * (tv.abs() >= thr)
-    sign = torch.sign(trimmed.sum(0))
-    agree = ((trimmed > 0) & (sign > 0)) | ((trimmed < 0) & (sign < 0))
-    merged = (trimmed * agree).sum(0) / agree.sum(0).clamp(min=1)
-    out, off = {}, 0
-    for x in keys:
-        m = base[x].numel()
-        out[x] = base[x] + lam * merged[off:off + m].view(base[x].shape)
-        off += m
-    return out
-
-
 def stage_ties(shapes, args) -> dict:
     """One TIES merge of 8 tasks (k=20, lam=1) vs straightforward code; the baseline runs on the share of the
     tensors that fits in memory and is scaled by size."""
+    from peru_core.merging._reference import naive_ties
     from peru_core.merging.ties import ties_merge
 
     d = sum(int(__import__("math").prod(s)) for s in shapes.values())
@@ -248,7 +229,7 @@ def stage_ties(shapes, args) -> dict:
         return {"seconds": dt * d / total, "fraction": total / d, "peak_mb": peak_mb(),
                 "inputs_mb": total * 4 * (TASKS + 1) / MB}
     base, fts = _checkpoints(shapes)
-    dt, merged = timed(lambda: ties_merge(base, fts, 20.0, 1.0))
+    dt, merged = timed(lambda: ties_merge(base, fts, 20.0, 1.0, device="cpu"))
     out = {"seconds": dt, "peak_mb": peak_mb(), "inputs_mb": size_mb}
     if args.small:  # the fast path equals the reference on the whole (small) model
         ref = naive_ties(base, fts, 20.0, 1.0)

@@ -16,13 +16,13 @@ from peru_core.device import available_devices, default_device, resolve_device
 from peru_core.errors import PeruError
 from peru_core.lowrank import task_vector_spectra
 from peru_core.merging import get_method
+from peru_core.merging._reference import naive_ties
 from peru_core.merging.ties import ties_thresholds
 from peru_core.sparse import TopM, keep_count, sorted_top_torch, top_segments_numpy, top_segments_torch
 from peru_core.spec import RunSpec
 from peru_core.statedict import Layout, flatten
 from peru_core.zoo import load_zoo
 from peru_core.zoo.runtime import ZooRuntime
-from test_merging import naive_ties
 
 DEVICES = available_devices()
 

@@ -7,30 +7,8 @@ import torch
 from conftest import PREFIX, finetune, random_sd
 from peru_core.errors import PeruError
 from peru_core.merging import get_method, list_methods
+from peru_core.merging._reference import naive_ties
 from peru_core.merging.ties import ties_merge
-from peru_core.sparse import keep_count
-
-
-def naive_ties(base, finetuned, k, lam):
-    """Reference TIES: stack the task vectors, kthvalue threshold per task, full temporaries."""
-    keys = list(finetuned[0])
-    flat = torch.stack([torch.cat([(sd[x] - base[x]).reshape(-1) for x in keys]) for sd in finetuned])
-    d = flat.shape[1]
-    n = keep_count(d, k)
-    if n == 0:
-        trimmed = torch.zeros_like(flat)
-    else:
-        thr = flat.abs().kthvalue(d - n + 1, dim=1, keepdim=True).values  # the n-th largest magnitude
-        trimmed = flat * (flat.abs() >= thr)
-    sign = torch.sign(trimmed.sum(0))
-    agree = ((trimmed > 0) & (sign > 0)) | ((trimmed < 0) & (sign < 0))  # zero sign: nothing agrees
-    merged = (trimmed * agree).sum(0) / agree.sum(0).clamp(min=1)
-    out, off = {}, 0
-    for x in keys:
-        m = base[x].numel()
-        out[x] = base[x] + lam * merged[off:off + m].view(base[x].shape)
-        off += m
-    return out
 
 
 def test_average_is_mean(base, finetuned):
