@@ -10,8 +10,8 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
-from peru_core.errors import PeruError
 from peru_core.device import DeviceLike
+from peru_core.errors import PeruError
 from peru_core.merging.registry import MergeContext, Param, merge_method
 from peru_core.statedict import tuned_keys, work_dtype
 from peru_core.types import Progress, StateDict, report

@@ -14,7 +14,7 @@ Zero elected sign (the trimmed values cancel exactly, or none was kept): the mer
 value is kept. (The reference code falls back to the sign of the sum of all elected signs; we do not, so the
 result does not depend on entries elsewhere in the model.)
 
-Speed: thresholds by one in-place ``numpy.partition`` per task on a reused buffer (one radix sort on a GPU), then
+Speed: thresholds by one in-place ``numpy.partition`` per task on a reused buffer (one ``topk`` on a GPU), then
 one fused pass over chunks that keeps four running sums (trimmed values, magnitudes, signs, non-zeros) instead of
 stacking T task vectors. On a GPU the same pass runs there, one whole tensor per step; the inputs stay in host memory
 and only the merged tensor comes back.
@@ -56,8 +56,9 @@ def ties_thresholds(base: StateDict, finetuned: Sequence[StateDict], k: float, k
             arr = buf.numpy()
             arr.partition(d - count)  # linear-time selection, in place
             out.append(float(arr[d - count]))
-        else:  # the same order statistic from one radix sort: 4.5 ms for 88M values on an H100, kthvalue 639 ms
-            out.append(float(torch.sort(buf.to(device)).values[d - count]))
+        else:  # the same order statistic: the smallest of the top `count` (2 ms for 88M values on an H100, where
+            # kthvalue took 639 ms and a full sort 4.5 ms with twice the memory)
+            out.append(float(torch.topk(buf.to(device), count, sorted=False).values.min()))
         report(on_progress, 0.5 * (t + 1) / len(finetuned), f"TIES: trim threshold of task {t + 1}")
     return out
 

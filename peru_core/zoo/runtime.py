@@ -52,7 +52,7 @@ class ZooRuntime:
         self._finetuned: dict[str, StateDict] = {}
         self._adapters: dict[str, Any] = {}
 
-    # --- tasks and checkpoints ---------------------------------------------------------------------------
+    # --- the model ---------------------------------------------------------------------------------------
     @property
     def model(self) -> torch.nn.Module:
         """The zoo's CLIP on the runtime's device with the base weights (built on first use)."""
@@ -86,6 +86,7 @@ class ZooRuntime:
         self._image_size = image_size(model)
         self._model = model
 
+    # --- tasks and checkpoints ---------------------------------------------------------------------------
     def spec(self, task: TaskRef) -> TaskSpec:
         """The manifest entry of ``task`` (its name or index)."""
         if isinstance(task, int):
