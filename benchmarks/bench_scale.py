@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peru_core.device import default_device  # noqa: E402
-from peru_core.io import read_header, save_state_dict  # noqa: E402
+from peru_core.io import read_file_header, save_state_dict  # noqa: E402
 from peru_core.merging import get_method  # noqa: E402
 from peru_core.models import create_clip  # noqa: E402
 from peru_core.reuse import SparseReuse  # noqa: E402
@@ -50,11 +50,8 @@ class StreamedStateDict(Mapping):
 
     def __init__(self, path: Path, keys: Optional[Sequence[str]] = None) -> None:
         self.path = Path(path)
-        with open(self.path, "rb") as f:
-            head = f.read(8)
-            head += f.read(int.from_bytes(head, "little"))
-        self.header = read_header(head, self.path.stat().st_size, self.path.name)
-        self.start = 8 + int.from_bytes(head[:8], "little")
+        self.header = read_file_header(self.path, self.path.name)
+        self.start = self.header["__data_start__"]
         self._keys = list(keys) if keys is not None else [k for k in self.header if not k.startswith("__")]
         self._last: tuple[Optional[str], Optional[torch.Tensor]] = (None, None)
 

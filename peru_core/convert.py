@@ -26,7 +26,7 @@ import torch
 
 from peru_core import hf_clip
 from peru_core.errors import PeruError
-from peru_core.io import load_state_dict, save_state_dict
+from peru_core.io import is_pickle, load_state_dict, save_state_dict
 from peru_core.types import Progress, StateDict, report
 
 RISK = ("A pickled checkpoint (.pt/.pth/.bin written by torch.save) is a program as much as data: loading it with "
@@ -185,8 +185,7 @@ def _collect(obj: Any, prefix: str, out: StateDict, seen: set[int], depth: int =
 
 def _looks_pickled(path: Path) -> bool:
     with open(path, "rb") as f:
-        head = f.read(2)
-    return head[:2] == b"PK" or (len(head) == 2 and head[0] == 0x80)  # torch.save zip, or a raw pickle
+        return is_pickle(f.read(9))  # a torch.save zip, or a raw pickle
 
 
 def _check_archive(path: Path) -> None:

@@ -24,7 +24,7 @@ from peru_core.errors import PeruError
 from peru_core.types import StateDict
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
-FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+MAX_HEADER = 100_000_000  # bytes of JSON header read at most; safetensors itself refuses larger ones
 PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
 CONVERT_HINT = "convert it once to safetensors with `python -m peru_core convert` (see its --help) and use that file"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -32,9 +32,19 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 # ----------------------------------------------------------------------------------------------- safetensors files
-def _is_pickle(head: bytes) -> bool:
-    # torch.save writes a zip archive (PK\x03\x04); older files and raw pickles start with the PROTO opcode 0x80.
-    return bytes(head[:4]) == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+def is_pickle(head: bytes) -> bool:
+    """True when a file's first bytes (9 or more) are a torch.save zip archive or a raw pickle.
+
+    torch.save writes a zip (``PK\\x03\\x04``); older files and raw pickles start with the PROTO opcode 0x80 and a
+    protocol of 2-5. A safetensors file starts with its header length, whose first bytes can look like PROTO
+    (a header of 640 bytes starts 0x80 0x02), and then the JSON header's ``{``: that byte decides.
+    """
+    head = bytes(head[:9])
+    if head[:4] == b"PK\x03\x04":
+        return True
+    if head[8:9] == b"{":
+        return False
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def _available_memory() -> Optional[int]:
@@ -53,14 +63,14 @@ def read_header(head: bytes, total_size: int, name: str) -> dict:
 
     Raises a one-sentence PeruError for pickles, corrupt headers and truncated files, before any tensor is read.
     """
-    if _is_pickle(head):
+    if is_pickle(head):
         raise PeruError(f"{name} is a pickle (PyTorch .pt/.bin) checkpoint, which can run code when loaded; "
                         f"{CONVERT_HINT}.")
     if len(head) < 8:
         raise PeruError(f"{name} is too short to be a safetensors file ({total_size} bytes); the file is truncated "
                         "or empty, so copy or export it again.")
     (n,) = struct.unpack("<Q", bytes(head[:8]))
-    if n > total_size - 8 or n > 100_000_000:
+    if n > total_size - 8 or n > MAX_HEADER:
         raise PeruError(f"{name} is not a valid safetensors file (bad header length); the file is corrupt or "
                         "truncated, so copy or export it again.")
     if len(head) < 8 + n:
@@ -83,8 +93,29 @@ def read_header(head: bytes, total_size: int, name: str) -> dict:
     if 8 + n + end > total_size:
         raise PeruError(f"{name} is truncated: its header promises {8 + n + end} bytes but the file has "
                         f"{total_size}; copy or export it again.")
-    header["__data_bytes__"] = end
+    header["__data_bytes__"] = end  # tensor bytes, starting at file offset __data_start__
+    header["__data_start__"] = 8 + n
     return header
+
+
+def read_file_header(path: Union[str, os.PathLike], name: Optional[str] = None) -> dict:
+    """The checked header of the safetensors file at ``path`` (see :func:`read_header`), reading only its first
+    8 + header-length bytes. A file named like a pickle (.pt, .bin, ...) that is not valid safetensors is called a
+    pickle checkpoint, with the conversion hint."""
+    path = Path(path)
+    name = name or str(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+        if len(head) >= 8 and not is_pickle(head):
+            head += f.read(max(0, min(int.from_bytes(head[:8], "little"), MAX_HEADER) - 1))
+    try:
+        return read_header(head, size, name)
+    except PeruError:
+        if path.suffix.lower() in PICKLE_SUFFIXES and len(head) >= 8 and not is_pickle(head):
+            raise PeruError(f"{name} looks like a PyTorch pickle checkpoint, not safetensors; {CONVERT_HINT}.") \
+                from None
+        raise
 
 
 def _check_size(data_bytes: int, name: str, max_bytes: Optional[int]) -> None:
@@ -103,7 +134,7 @@ def load_state_dict(src: Source, *, name: Optional[str] = None, max_bytes: Optio
     if isinstance(src, (bytes, bytearray, memoryview)):
         data = src if isinstance(src, bytes) else bytes(src)
         name = name or "the uploaded file"
-        header = read_header(memoryview(data)[:8 + 100_000_000], len(data), name)  # a view: no copy
+        header = read_header(memoryview(data)[:8 + MAX_HEADER], len(data), name)  # a view: no copy
         _check_size(header["__data_bytes__"], name, max_bytes)
         try:
             return safetensors.torch.load(data)
@@ -116,19 +147,7 @@ def load_state_dict(src: Source, *, name: Optional[str] = None, max_bytes: Optio
         raise PeruError(f"{name} is a folder, not a .safetensors file; pass the checkpoint file itself.")
     if not path.is_file():
         raise PeruError(f"{name} does not exist; check the path.")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) == 8 and not _is_pickle(head):
-            (n,) = struct.unpack("<Q", head)
-            head += f.read(min(n, 100_000_000))
-    if not _is_pickle(head) and path.suffix.lower() in PICKLE_SUFFIXES and len(head) >= 8:
-        try:
-            read_header(head, size, name)
-        except PeruError:
-            raise PeruError(f"{name} looks like a PyTorch pickle checkpoint, not safetensors; {CONVERT_HINT}.") \
-                from None
-    header = read_header(head, size, name)
+    header = read_file_header(path, name)
     _check_size(header["__data_bytes__"], name, max_bytes)
     try:
         return safetensors.torch.load_file(str(path))

@@ -31,13 +31,9 @@ def architecture_shapes(architecture: str, model_config: Optional[dict] = None) 
 
 def checkpoint_shapes(path: Path) -> Shapes:
     """Key -> shape from a safetensors header, in open_clip names (HF CLIP layouts are mapped on meta tensors)."""
-    from peru_core.io import read_header  # its checks name pickles, corrupt and truncated files clearly
+    from peru_core.io import read_file_header  # its checks name pickles, corrupt and truncated files clearly
 
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        head += f.read(min(int.from_bytes(head, "little"), size, 100_000_000) if len(head) == 8 else 0)
-    header = read_header(head, size, path.name)
+    header = read_file_header(path, path.name)
     raw = {k: tuple(v["shape"]) for k, v in header.items() if not k.startswith("__")}
     if hf_clip.detect_layout(raw) == hf_clip.HF_CLIP:
         meta = hf_clip.hf_to_open_clip({k: torch.empty(s, device="meta") for k, s in raw.items()}, strict=False)

@@ -24,11 +24,10 @@ import torch
 
 from peru_core import hf_clip
 from peru_core.errors import PeruError
+from peru_core.io import is_pickle
 from peru_core.types import Progress, StateDict, report
 from peru_core.zoo.manifest import FORMAT_VERSION, Zoo, load_zoo
 from peru_core.zoo.validate import Shapes, architecture_shapes, zoo_problems
-
-PICKLE_HEADS = (b"PK\x03\x04", b"\x80")
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def _slug(name: str) -> str:
 
 def _is_pickle(path: Path) -> bool:
     with open(path, "rb") as f:
-        return f.read(4).startswith(PICKLE_HEADS)
+        return is_pickle(f.read(9))
 
 
 class _Writer:

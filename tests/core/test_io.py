@@ -57,6 +57,26 @@ def test_pickle_file_refused_with_convert_hint(tmp_path, base):
         load_state_dict(raw.read_bytes())
 
 
+def test_safetensors_whose_header_length_looks_like_pickle_is_read(tmp_path):
+    """A header of 640 bytes starts the file with 0x80 0x02, pickle's PROTO 2; the JSON `{` after it decides, in
+    every place that sniffs for pickles (reader, zoo writer, converter, zoo validation)."""
+    from safetensors.torch import save
+
+    from peru_core.convert import _looks_pickled
+    from peru_core.zoo.validate import checkpoint_shapes
+    from peru_core.zoo.writer import _is_pickle as writer_sees_pickle
+
+    sd = {"w": torch.arange(6.0).view(2, 3)}
+    data = next(d for d in (save(sd, metadata={"pad": "x" * n}) for n in range(800)) if d[:2] == b"\x80\x02")
+    path = tmp_path / "odd_header.safetensors"
+    path.write_bytes(data)
+    assert torch.equal(load_state_dict(path)["w"], sd["w"])
+    assert not writer_sees_pickle(path) and not _looks_pickled(path)
+    assert checkpoint_shapes(path) == {"w": (2, 3)}
+    torch.save(sd, tmp_path / "real.pt")
+    assert writer_sees_pickle(tmp_path / "real.pt") and _looks_pickled(tmp_path / "real.pt")
+
+
 def test_truncated_file_refused(tmp_path, base):
     data = save_state_dict(base, tmp_path / "b.safetensors").read_bytes()
     cut = tmp_path / "cut.safetensors"
