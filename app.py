@@ -32,7 +32,7 @@ page.intro(
 with page.user_errors():
     rt = ctx.runtime
     zoo = ctx.zoo
-    total = sum(p.numel() for p in rt.model.parameters())
+    total = rt.model_params  # from the checkpoint's header: the model itself is built only to evaluate
     tuned = numel(rt.base_state())
     r = lora_rank(rt)
     c = st.columns(5)

@@ -73,9 +73,7 @@ def _memo(runtime: Any) -> _Memo:
 
 def zoo_key(runtime: Any) -> str:
     """The zoo's content hash (computed once per runtime): results are keyed by what the files hold."""
-    if not hasattr(runtime, "_peru_zoo_hash"):
-        runtime._peru_zoo_hash = runtime.zoo.content_hash()
-    return runtime._peru_zoo_hash
+    return runtime.content_hash
 
 
 def available_sources(runtime: Any) -> list[Source]:
@@ -104,14 +102,17 @@ def _lora_model(runtime: Any, task: str) -> StateDict:
     return _memo(runtime).get(("lora-model", task), make)
 
 
-def source_models(runtime: Any, source: Source) -> list[StateDict]:
-    """Every task's fine-tuned tuned part, from full fine-tunes or LoRA adapters merged in."""
+def source_model(runtime: Any, source: Source, task: int) -> StateDict:
+    """Task ``task``'s fine-tuned tuned part, from its full fine-tune or its LoRA adapter merged in."""
     if source not in available_sources(runtime):
         raise PeruError(f"This zoo has no {source.value} fine-tunes for every task; pick the other source.")
-    names = runtime.zoo.task_names
-    if source is Source.FULL:
-        return [runtime.finetuned(t) for t in names]
-    return [_lora_model(runtime, t) for t in names]
+    name = runtime.zoo.task_names[task]
+    return runtime.finetuned(name) if source is Source.FULL else _lora_model(runtime, name)
+
+
+def source_models(runtime: Any, source: Source) -> list[StateDict]:
+    """Every task's fine-tuned tuned part (what a merge takes)."""
+    return [source_model(runtime, source, i) for i in range(len(runtime.zoo.tasks))]
 
 
 def merged_model(runtime: Any, spec: RunSpec, on_progress: Progress = None) -> StateDict:
@@ -137,7 +138,7 @@ def _sparse(runtime: Any, spec: RunSpec, task_index: int) -> SparseReuse:
 
     def make() -> SparseReuse:
         shared = merged_model(runtime, spec) if fft else runtime.base_state()
-        return SparseReuse(shared, source_models(runtime, spec.source)[task_index], spec.scope.value,
+        return SparseReuse(shared, source_model(runtime, spec.source, task_index), spec.scope.value,
                            device=runtime.device)
 
     return _memo(runtime).get(("sparse", shared_key, spec.source, task_index, spec.scope), make)
@@ -148,7 +149,7 @@ def _lora_reuse(runtime: Any, task: str) -> LoraReuse:
 
 
 def _value_bytes(runtime: Any) -> int:
-    return acc.dtype_bytes(next(iter(runtime.base_state().values())).dtype)
+    return acc.dtype_bytes(runtime.stored_dtype)
 
 
 def _costs(runtime: Any, spec: RunSpec) -> acc.Accounting:
@@ -183,7 +184,7 @@ def task_model(runtime: Any, spec: RunSpec, task: str | int) -> StateDict:
     if spec.mode is Mode.PRETRAINED:
         return runtime.base_state()
     if spec.mode is Mode.SINGLE_TASK:
-        return source_models(runtime, spec.source)[i]
+        return source_model(runtime, spec.source, i)
     if spec.mode is Mode.MERGE:
         return merged_model(runtime, spec)
     if spec.mode in (Mode.POST_PRUNING, Mode.PERU_FFT):

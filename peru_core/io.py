@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Collection, Iterable, Iterator, Optional, Sequence, Union
+from typing import Callable, Collection, Iterable, Iterator, Optional, Sequence, Union
 
 import safetensors.torch
 import torch
@@ -125,11 +125,13 @@ def _check_size(data_bytes: int, name: str, max_bytes: Optional[int]) -> None:
                         "of memory is available; free memory or use a machine with more RAM.")
 
 
-def load_state_dict(src: Source, *, name: Optional[str] = None, max_bytes: Optional[int] = None) -> StateDict:
+def load_state_dict(src: Source, *, name: Optional[str] = None, max_bytes: Optional[int] = None,
+                    keys: Optional[Callable[[str], bool]] = None) -> StateDict:
     """Read a safetensors state dict from a path or from bytes (e.g. an upload).
 
     The header is checked first (pickle, corrupt, truncated, larger than available memory) so nothing big is
-    read from a bad file. Pickles are refused with a hint to ``python -m peru_core convert``.
+    read from a bad file. Pickles are refused with a hint to ``python -m peru_core convert``. ``keys`` (paths only):
+    read just the tensors whose name it accepts, in file order.
     """
     if isinstance(src, (bytes, bytearray, memoryview)):
         data = src if isinstance(src, bytes) else bytes(src)
@@ -150,6 +152,9 @@ def load_state_dict(src: Source, *, name: Optional[str] = None, max_bytes: Optio
     header = read_file_header(path, name)
     _check_size(header["__data_bytes__"], name, max_bytes)
     try:
+        if keys is not None:
+            with safetensors.safe_open(str(path), "pt") as f:
+                return {k: f.get_tensor(k) for k in f.offset_keys() if keys(k)}
         return safetensors.torch.load_file(str(path))
     except Exception as e:
         raise PeruError(f"{name} could not be read as safetensors ({str(e).splitlines()[0]}); the file is "

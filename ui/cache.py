@@ -48,7 +48,7 @@ def runtime(root: str, content_hash: str, device: str):
     """The shared :class:`ZooRuntime` (model, checkpoints, heads, test data) for a zoo on a device."""
     from peru_core.zoo.runtime import ZooRuntime
 
-    return ZooRuntime(load_zoo(root), device)
+    return ZooRuntime(load_zoo(root), device, content_hash=content_hash)  # hashed once, by zoo_hash()
 
 
 def store() -> ResultsStore:

@@ -8,6 +8,7 @@ the base checkpoint.
 """
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any, Optional
 
@@ -18,7 +19,7 @@ from peru_core.data import load_task_data
 from peru_core.device import resolve_device
 from peru_core.errors import PeruError
 from peru_core.evaluate import DEFAULT_BATCH, accuracy_of, image_features, load_tuned, predict
-from peru_core.io import load_lora_adapter, load_state_dict, validate_adapter
+from peru_core.io import load_lora_adapter, load_state_dict, read_file_header, validate_adapter
 from peru_core.types import StateDict
 from peru_core.zoo.manifest import TaskSpec, Zoo
 
@@ -32,18 +33,23 @@ class ZooRuntime:
     treat them as read-only (build new tensors, never modify them in place).
     """
 
-    def __init__(self, zoo: Zoo, device: Optional[str] = None, batch_size: int = DEFAULT_BATCH) -> None:
+    def __init__(self, zoo: Zoo, device: Optional[str] = None, batch_size: int = DEFAULT_BATCH, *,
+                 content_hash: Optional[str] = None) -> None:
+        """``content_hash``: the zoo's :meth:`Zoo.content_hash` when the caller has it (hashing reads every file)."""
         self.zoo = zoo
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.prefix = zoo.tuned_prefix
         self._lock = threading.RLock()
-        # the tuned part as the model holds it (open_clip builds float32 models): floats widened, nothing else kept
-        self._base: StateDict = {k: v.float() if v.is_floating_point() else v
-                                 for k, v in load_state_dict(zoo.base).items() if k.startswith(self.prefix)}
-        if not self._base:
+        self._content_hash = content_hash
+        stored = load_state_dict(zoo.base, keys=self._tuned)  # the tuned part only; the model reads the rest
+        if not stored:
             raise PeruError(f"No tensor of {zoo.base.name} starts with the zoo's tuned_prefix {self.prefix!r}; "
                             "fix zoo.json.")
+        # what byte counts use: the tuned part's dtype as stored (float16 zoos store 2 bytes per value)
+        self.stored_dtype: torch.dtype = next(iter(stored.values())).dtype
+        # the tuned part as the model holds it (open_clip builds float32 models): floats widened
+        self._base: StateDict = {k: v.float() if v.is_floating_point() else v for k, v in stored.items()}
         self._model: Optional[torch.nn.Module] = None
         self._tokenizer: Any = None
         self._image_size = 0
@@ -51,6 +57,22 @@ class ZooRuntime:
         self._data: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._finetuned: dict[str, StateDict] = {}
         self._adapters: dict[str, Any] = {}
+
+    def _tuned(self, key: str) -> bool:
+        return key.startswith(self.prefix)
+
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 over the zoo's files (computed on first use unless given): results are keyed by it."""
+        if self._content_hash is None:
+            self._content_hash = self.zoo.content_hash()
+        return self._content_hash
+
+    @property
+    def model_params(self) -> int:
+        """Values in the base checkpoint (the whole model's parameter count), from its header: no model is built."""
+        header = read_file_header(self.zoo.base, self.zoo.base.name)
+        return sum(math.prod(v["shape"]) for k, v in header.items() if not k.startswith("__"))
 
     # --- the model ---------------------------------------------------------------------------------------
     @property
@@ -76,7 +98,8 @@ class ZooRuntime:
         from peru_core.models import create_clip, get_tokenizer, image_size  # open_clip: only when evaluating
 
         model = create_clip(self.zoo.architecture, self.zoo.model_config, self.device)
-        missing, unexpected = model.load_state_dict(load_state_dict(self.zoo.base), strict=False)
+        rest = load_state_dict(self.zoo.base, keys=lambda k: not self._tuned(k))
+        missing, unexpected = model.load_state_dict({**rest, **self._base}, strict=False)
         if missing or unexpected:
             what = f"lacks {missing[0]!r}" if missing else f"has an unexpected key {unexpected[0]!r}"
             raise PeruError(f"Base checkpoint {self.zoo.base.name} {what} for architecture "

@@ -173,3 +173,29 @@ def test_base_that_does_not_fit_the_architecture_is_one_sentence(tiny_zoo_dir, t
     save_file({k: v for k, v in sd.items() if not k.startswith("visual.")}, str(manifest.base))
     with pytest.raises(PeruError, match="tuned_prefix 'visual.'; fix zoo.json"):
         ZooRuntime(load_zoo(copy))
+
+
+def test_runtime_reads_what_it_needs(tiny_zoo_dir):
+    """A given content hash is used as is; the model's size comes from the header; one task's model loads one
+    fine-tune; all without building the model."""
+    rt = ZooRuntime(load_zoo(tiny_zoo_dir), content_hash="given")
+    assert ex.zoo_key(rt) == "given"
+    ex.task_model(rt, RunSpec.make("post-pruning", keep=5), 1)
+    ex.task_model(rt, RunSpec.make("single-task"), 1)
+    assert list(rt._finetuned) == [rt.zoo.task_names[1]] and rt._model is None
+    assert rt.model_params == sum(p.numel() for p in rt.model.parameters())
+
+
+def test_bytes_count_the_stored_dtype(tiny_zoo_dir, tmp_path):
+    """A float16 zoo stores 2 bytes per value: costs say so, although the runtime computes in float32."""
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo_dir, copy)
+    zoo = load_zoo(copy)
+    save_file({k: v.half() for k, v in load_file(str(zoo.base)).items()}, str(zoo.base))
+    rt16, rt32 = ZooRuntime(load_zoo(copy)), ZooRuntime(load_zoo(tiny_zoo_dir))
+    assert rt16.stored_dtype == torch.float16 and all(v.dtype == torch.float32 for v in rt16.base_state().values())
+    spec = RunSpec.make("peru-fft", "full", "task_arithmetic", {"lam": 0.3}, keep=5)
+    c16, c32 = ex._costs(rt16, spec), ex._costs(rt32, spec)
+    assert c16.task_params == c32.task_params and c16.shared_bytes * 2 == c32.shared_bytes

@@ -28,6 +28,8 @@ def test_round_trip_path_and_bytes(tmp_path, base):
         assert all(torch.equal(loaded[k], base[k]) for k in base)
     assert load_metadata(p) == {"who": "test"}
     assert [q.name for q in p.parent.iterdir()] == ["b.safetensors"]  # no temp file left
+    some = load_state_dict(p, keys=lambda k: k.startswith(PREFIX))  # only those tensors, in the file's order
+    assert list(some) == [k for k in load_state_dict(p) if k.startswith(PREFIX)] and some
 
 
 def test_save_views_of_one_buffer(tmp_path):
