@@ -16,12 +16,11 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from peru_core.data import CLIP_MEAN, CLIP_STD
 from peru_core.errors import PeruError
 from peru_core.types import Progress, report
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's OPENAI_DATASET_MEAN / STD
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 Preprocess = Callable[[Image.Image], torch.Tensor]
 
 

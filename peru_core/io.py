@@ -13,6 +13,7 @@ import re
 import struct
 import tempfile
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Collection, Iterable, Iterator, Optional, Sequence, Union
@@ -194,16 +195,25 @@ def save_state_dict(sd: Mapping[str, torch.Tensor], path: Union[str, os.PathLike
         if ptr in seen or v.untyped_storage().nbytes() != v.numel() * v.element_size():
             tensors[k] = v.clone()
         seen.add(ptr)
+    with atomic_file(path) as tmp:
+        safetensors.torch.save_file(tensors, tmp, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+    return path
+
+
+@contextmanager
+def atomic_file(path: Union[str, os.PathLike]) -> Iterator[Path]:
+    """``with atomic_file(path) as tmp:`` write ``tmp`` (beside ``path``); on success it replaces ``path`` at once
+    with the usual permissions, on any error it is removed and ``path`` is untouched."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        safetensors.torch.save_file(tensors, tmp, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+        yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 # ----------------------------------------------------------------------------------------------- validation

@@ -47,11 +47,12 @@ def run(args: argparse.Namespace) -> int:
         params = method.check_params(raw)
     elif raw:
         raise PeruError("--param applies to the merge of peru-fft; drop it for post-pruning.")
-    base, finetuned, names = load_inputs(args.base, args.finetuned, args.prefix)
     device = resolve_device(args.device)  # before reading gigabytes
+    out = atomic_dir(args.out)  # checks --out, also before reading
+    base, finetuned, names = load_inputs(args.base, args.finetuned, args.prefix)
     shared = shared_model(base, finetuned, args.mode, merge=args.merge, params=params, device=device)
     rows, nnz = [], []
-    with atomic_dir(args.out) as tmp:
+    with out as tmp:
         for name, path, ft in zip(names, args.finetuned, finetuned):
             reuse = SparseReuse(shared, ft, args.scope, device=device)
             part = reuse.task_part(keep)

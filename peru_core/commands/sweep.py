@@ -5,9 +5,7 @@ Results come from the results store when present (``$PERU_HOME``), so a second r
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +31,7 @@ def _progress(fraction: float, message: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from peru_core import experiments
+    from peru_core.io import atomic_file
     from peru_core.store import ResultsStore
     from peru_core.table import format_table, paper_table
     from peru_core.zoo import demo_zoo, load_zoo
@@ -41,26 +40,20 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.exists():
         raise PeruError(f"Folder {out.parent} does not exist; create it or pick another --out path.")
+    if args.keeps and any(not 0 <= k <= 100 for k in args.keeps):  # before the zoo is read
+        raise PeruError("Every --keeps value must be a percent in [0, 100].")
     t0 = time.perf_counter()
     zoo = demo_zoo() if args.zoo == "demo" else load_zoo(args.zoo)
     runtime = ZooRuntime(zoo, device=args.device)
     kwargs = {k: v for k, v in (("keeps", args.keeps), ("ranks", args.ranks)) if v is not None}
-    if args.keeps and any(not 0 <= k <= 100 for k in args.keeps):
-        raise PeruError("Every --keeps value must be a percent in [0, 100].")
     specs = experiments.paper_specs(runtime, merges=args.methods, **kwargs)
     store = None if args.no_store else ResultsStore()
     rows = experiments.run_specs(runtime, specs, store, on_progress=_progress)
     sys.stderr.write("\n")
     labels = {t.name: t.label for t in zoo.tasks}
     table = paper_table(rows, labels)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            table.round(4).to_csv(f)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out) as tmp:
+        table.round(4).to_csv(tmp)
     print(format_table(table))
     cached = int(rows["cached"].sum()) if len(rows) else 0
     print(f"\n{len(specs)} settings x {len(zoo.tasks)} tasks on {runtime.device}; {cached} of {len(rows)} rows "

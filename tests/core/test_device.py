@@ -141,3 +141,8 @@ def test_cli_bad_device_is_one_line(tmp_path, capsys, base):
     err = capsys.readouterr().err.strip()
     assert code != 0 and "Unknown device 'tpu'" in err and "\n" not in err
     assert not (tmp_path / "o.safetensors").exists()
+    # checked before any checkpoint is read: a missing fine-tune is not what reuse reports
+    code = main(["reuse", "--base", str(tmp_path / "b.safetensors"), "--finetuned", str(tmp_path / "nope.safetensors"),
+                 "--mode", "post-pruning", "--keep", "5", "--device", "tpu", "--out", str(tmp_path / "parts")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "Unknown device 'tpu'" in err and not (tmp_path / "parts").exists()

@@ -39,6 +39,10 @@ def test_sweep_writes_the_table_and_reuses_the_store(tiny_zoo_dir, tmp_path, per
     n_rows = 2 * len(table)
     assert f"{n_rows} of {n_rows} rows from the results store" in stdout2
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again.csv", index_col=0), table)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temp file's 0600
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_bad_zoo_is_one_line(tmp_path, capsys):
