@@ -31,12 +31,12 @@ def tsne_panels(zoo_hash: str, task: str, keys: tuple[str, ...], per_class: int,
     """t-SNE points and cluster quality of each panel (features of the same sampled test images)."""
     from peru_core import embed, experiments
 
+    # the same sampled test images in every panel: only those are encoded
+    idx = embed.sample_per_class(_rt.data(task)[1].numpy(), per_class, seed)
     feats, labels = {}, None
     for key in keys:
         spec = RunSpec.from_key(key)
-        f, y = _rt.features(experiments.task_model(_rt, spec, task), task)
-        idx = embed.sample_per_class(y, per_class, seed)
-        feats[spec.label], labels = f[idx], y[idx]
+        feats[spec.label], labels = _rt.features(experiments.task_model(_rt, spec, task), task, index=idx)
     return embed.embed_panels(feats, labels, _rt.spec(task).classes, perplexity=perplexity, seed=seed)
 
 
@@ -57,7 +57,7 @@ with page.user_errors():
             keep = widgets.keep_slider(state.EM_KEEP)
         if "peru-lora" in chosen:
             r = widgets.lora_rank(rt)
-            rank = widgets.rank_slider(state.EM_RANK, r, value=min(16, r))
+            rank = widgets.rank_slider(state.EM_RANK, r, value=16)  # clamped to r
     with c[1]:
         per_class = state.kept(st.slider, "Images per class", key=state.EM_PER_CLASS, min_value=5, max_value=100,
                                value=20, step=5)

@@ -59,15 +59,14 @@ def stage(files, kind: str, root: Path) -> dict[str, Path]:
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(f.name).stem)
         dest = root / kind / f.name
         if f.name.endswith(".zip"):
-            folder = root / kind / stem
+            folder = root / kind / f"{stem}.{f.size}"  # a fixed zip uploaded again under its name is unpacked again
             if not folder.exists():
                 try:
                     up.extract_zip(f.getvalue(), folder)
                 except PeruError as e:
                     st.error(f"**{f.name}**: {e}")
                     continue
-            inner = [p for p in folder.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-            out[stem] = inner[0] if len(inner) == 1 and inner[0].is_dir() else folder
+            out[stem] = up.content_root(folder)
         else:
             if not dest.is_file() or dest.stat().st_size != f.size:
                 dest.parent.mkdir(parents=True, exist_ok=True)

@@ -17,13 +17,13 @@ ZOO_KIND, ZOO_FOLDER, ZOO_UPLOADED, DEVICE = "zoo_kind", "zoo_folder", "zoo_uplo
 # Merge lab
 LAB_SOURCE, LAB_MERGE, LAB_MODE, LAB_KEEP, LAB_SCOPE, LAB_RANK = (
     "lab_source", "lab_merge", "lab_mode", "lab_keep", "lab_scope", "lab_rank")
-LAB_COMPUTE, LAB_AUTO, LAB_PREPARE, LAB_CSV = "lab_compute", "lab_auto", "lab_prepare", "lab_csv"
+LAB_COMPUTE, LAB_AUTO, LAB_PREPARE = "lab_compute", "lab_auto", "lab_prepare"
 # Trade-offs
 TO_SOURCE, TO_METHODS, TO_KEEPS, TO_RANKS, TO_SCOPE, TO_COMPUTE, TO_BUDGET, TO_X, TO_CSV = (
     "to_source", "to_methods", "to_keeps", "to_ranks", "to_scope", "to_compute", "to_budget", "to_x", "to_csv")
 # Spectra
-SP_TASK, SP_LAYER, SP_RANK, SP_FULL_LAYER, SP_FULL_RANK, SP_MERGE, SP_VECTOR, SP_KEEP = (
-    "sp_task", "sp_layer", "sp_rank", "sp_full_layer", "sp_full_rank", "sp_merge", "sp_vector", "sp_keep")
+SP_TASK, SP_LAYER, SP_RANK, SP_FULL_LAYER, SP_FULL_RANK, SP_VECTOR, SP_KEEP = (
+    "sp_task", "sp_layer", "sp_rank", "sp_full_layer", "sp_full_rank", "sp_vector", "sp_keep")
 # Embeddings
 EM_TASK, EM_SOURCE, EM_METHODS, EM_KEEP, EM_RANK, EM_PER_CLASS, EM_PERPLEXITY, EM_SEED, EM_COMPUTE = (
     "em_task", "em_source", "em_methods", "em_keep", "em_rank", "em_per_class", "em_perplexity", "em_seed",
@@ -67,11 +67,7 @@ def kept(widget: Callable[..., Any], label: str, *, key: str, **kwargs: Any) -> 
     if key in st.session_state:
         for name in ("value", "index", "default"):
             kwargs.pop(name, None)
-    user_cb = kwargs.pop("on_change", None)
-
     def _save() -> None:
         st.session_state[shadow] = st.session_state[key]
-        if user_cb is not None:
-            user_cb()
 
     return widget(label, key=key, on_change=_save, **kwargs)

@@ -6,7 +6,7 @@ validation runs once more in :func:`peru_core.zoo.writer.write_zoo` before anyth
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -20,14 +20,13 @@ Shapes = dict[str, tuple[int, ...]]
 
 @dataclass
 class TaskFiles:
-    """What a task has so far, and the one-sentence problem of each file (None: fine)."""
+    """What a task has so far."""
 
     name: str
     finetuned: Optional[Path] = None
     lora: Optional[Path] = None
     test: Optional[Path] = None
     classes: tuple[str, ...] = ()
-    problems: dict[str, Optional[str]] = field(default_factory=dict)
 
 
 def _shapes(path: Path) -> tuple[Shapes, bool]:
@@ -110,21 +109,35 @@ def folder_classes(path: Path) -> tuple[str, ...]:
 
 
 def extract_zip(data: bytes, dest: Path) -> Path:
-    """Unpack a zip safely (no absolute or '..' paths) and return the folder that holds its content."""
-    import io
+    """Unpack a zip safely (no absolute or '..' paths) into ``dest`` and return the folder that holds its content.
 
-    dest.mkdir(parents=True, exist_ok=True)
+    ``dest`` appears only once the whole zip is unpacked: a bad zip leaves nothing that a rerun could take for it."""
+    import io
+    import os
+    import shutil
+    import tempfile
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             for info in z.infolist():
                 p = Path(info.filename)
                 if p.is_absolute() or ".." in p.parts:
                     raise PeruError(f"The zip holds an unsafe path {info.filename!r}; zip the folder's content only.")
-            z.extractall(dest)
+            z.extractall(tmp)
+        os.replace(tmp, dest)
     except zipfile.BadZipFile:
         raise PeruError("The file is not a valid zip archive; zip the folder again.") from None
-    inner = [p for p in dest.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-    return inner[0] if len(inner) == 1 and inner[0].is_dir() else dest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful replace
+    return content_root(dest)
+
+
+def content_root(folder: Path) -> Path:
+    """An unpacked zip's content: its one top-level folder when it has just one, else the folder itself."""
+    inner = [p for p in folder.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    return inner[0] if len(inner) == 1 and inner[0].is_dir() else folder
 
 
 def adapter_root(folder: Path) -> Path:

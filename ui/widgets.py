@@ -71,9 +71,9 @@ def source_picker(key: str, rt) -> str:
                       horizontal=True)
 
 
-def keep_slider(key: str, value: float = 10.0, high: float = 100.0, label: str = "m: top-m% kept per task") -> float:
+def keep_slider(key: str) -> float:
     """The m% slider (step 1: arrow keys move it one percent)."""
-    return float(state.kept(st.slider, label, key=key, min_value=0.0, max_value=float(high), value=float(value),
+    return float(state.kept(st.slider, "m: top-m% kept per task", key=key, min_value=0.0, max_value=100.0, value=10.0,
                             step=1.0, format="%.0f%%",
                             help="Percent of the entries of each task's vector kept, largest magnitudes first."))
 

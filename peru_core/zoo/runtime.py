@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -205,9 +205,13 @@ class ZooRuntime:
         return accuracy_of(torch.from_numpy(self.predictions(tuned, task, split)), y)
 
     def features(self, tuned: StateDict, task: TaskRef, limit: Optional[int] = None,
-                 split: str = "test") -> tuple[np.ndarray, np.ndarray]:
-        """Normalized image embeddings (N x D float32) and labels of the first ``limit`` test images."""
+                 split: str = "test", *, index: Optional[Sequence[int]] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Normalized image embeddings (N x D float32) and labels of the test images at ``index`` (default: all),
+        or of the first ``limit`` of them; only those images are encoded."""
         x, y = self.data(task, split)
+        if index is not None:
+            pick = torch.as_tensor(np.asarray(index, dtype=np.int64))
+            x, y = x[pick.to(x.device)], y[pick]
         if limit is not None:
             x, y = x[:limit], y[:limit]
         with self._lock:

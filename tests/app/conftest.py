@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
+
+from ui import cache
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60
@@ -16,9 +17,7 @@ TIMEOUT = 60
 def app(tiny_zoo_dir, peru_home, monkeypatch) -> AppTest:
     """A fresh AppTest of app.py whose demo zoo is the tiny zoo."""
     monkeypatch.setenv("PERU_DEMO_ZOO", str(tiny_zoo_dir))
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    cache.clear_all()
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
     yield at
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    cache.clear_all()

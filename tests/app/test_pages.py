@@ -6,9 +6,9 @@ from app_helpers import ok, open_page
 
 from peru_core.merging import get_method
 from ui import state
+from ui.sidebar import NAV
 
-PAGES = ["pages/1_Merge_lab.py", "pages/2_Trade-offs.py", "pages/3_Spectra.py", "pages/4_Embeddings.py",
-         "pages/5_Upload.py"]
+PAGES = [path for path, _, _ in NAV[1:]]  # every page of the sidebar but Home (tested on its own)
 
 
 def _teaches(at) -> None:

@@ -79,3 +79,27 @@ def test_folder_mode_reads_checkpoints_in_place(app, tiny_zoo_dir, peru_home, tm
     ok(at.button(key=state.UP_SAVE).click().run())
     zoo = load_zoo(peru_home / "zoos" / "fromdisk")
     assert zoo.task("blobs").finetuned == (src / "blobs" / "finetuned.safetensors").resolve()
+
+
+def test_extract_zip_leaves_nothing_for_a_bad_zip(tmp_path):
+    """A bad or unsafe zip leaves no folder behind (a rerun would take an empty one for the adapter); a good one
+    unpacks to its content."""
+    import pytest
+
+    from peru_core.errors import PeruError
+    from ui import upload as up
+
+    with pytest.raises(PeruError, match="not a valid zip"):
+        up.extract_zip(b"not a zip", tmp_path / "bad")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("../escape.txt", "x")
+    with pytest.raises(PeruError, match="unsafe path"):
+        up.extract_zip(buf.getvalue(), tmp_path / "unsafe")
+    assert list(tmp_path.iterdir()) == []
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("adapter/adapter_config.json", "{}")
+    root = up.extract_zip(buf.getvalue(), tmp_path / "good")
+    assert root == tmp_path / "good" / "adapter" and (root / "adapter_config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["good"]

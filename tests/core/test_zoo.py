@@ -51,6 +51,9 @@ def test_accuracy_equals_the_manual_computation(runtime):
     feats, labels = runtime.features(ft, "blobs", limit=5)
     assert feats.shape == (5, 16) and np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
     assert labels.tolist() == y[:5].tolist()
+    every, _ = runtime.features(ft, "blobs")
+    some, some_labels = runtime.features(ft, "blobs", index=[20, 3, 7])  # only these images are encoded
+    assert np.allclose(some, every[[20, 3, 7]], atol=1e-5) and some_labels.tolist() == y[[20, 3, 7]].tolist()
     assert runtime.predictions(ft, "blobs").shape == (24,)
 
 
