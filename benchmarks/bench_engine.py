@@ -128,7 +128,7 @@ def stage_sweep(shapes, args) -> dict:
             dt, (idx, vals) = timed(lambda: (lambda r: (r.indices, vec[r.indices]))(torch.topk(vec.abs(), k,
                                                                                                 sorted=False)))
             total += dt
-            if args.check and m == calls[-1][1]:  # same kept magnitudes (which of tied values is kept may differ)
+            if m == calls[-1][1]:  # same kept magnitudes (which of tied values is kept may differ)
                 mine = TopM(vec, layout, device="cpu").select(m)
                 ok = ok and np.array_equal(np.sort(np.abs(mine.values)), np.sort(np.abs(vals.numpy())))
         return {"seconds": total * TASKS * len(KEEPS) / len(calls), "measured_calls": len(calls),
@@ -272,7 +272,6 @@ def main() -> None:
     p.add_argument("--stage", help=argparse.SUPPRESS)
     p.add_argument("--shapes", help=argparse.SUPPRESS)
     p.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--check", action="store_true", default=True, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.stage:
         return child(args)

@@ -344,10 +344,6 @@ class LoraAdapter(Mapping):
     def __len__(self) -> int:
         return len(self.factors)
 
-    def deltas(self, dtype: torch.dtype = torch.float32) -> StateDict:
-        """Dense ``scale * B @ A`` for every target (memory: one full matrix per target)."""
-        return {k: f.delta(dtype) for k, f in self.factors.items()}
-
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 # PEFT's nn.MultiheadAttention wrapper also saves base weights (``...base_layer.weight``): the base checkpoint is

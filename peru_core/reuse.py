@@ -36,11 +36,12 @@ class SparseReuse:
 
     def __init__(self, shared: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.Tensor],
                  scope: str = "global", *, device: DeviceLike = None):
+        check_scope(scope)  # before the difference vector is formed
         self.shared = shared
         self.layout = Layout.of(finetuned)
         dtype = work_dtype(self.layout.dtypes[0]) if self.layout.dtypes else torch.float32
         diff = flat_difference(finetuned, shared, self.layout, dtype=dtype)
-        self.selector = TopM(diff, self.layout, check_scope(scope), device=device)
+        self.selector = TopM(diff, self.layout, scope, device=device)
 
     def task_part(self, keep: float) -> SparseDelta:
         """The sparse task-specific part at ``keep`` percent (values + flat indices; see ``SparseDelta``)."""

@@ -12,10 +12,12 @@ import numpy as np
 import torch
 
 from peru_core.errors import PeruError
-from peru_core.types import StateDict
+from peru_core.types import StateDict, report
 
-# Elements per chunk in fused passes: large enough to amortise Python overhead, small enough to stay in cache.
+# Elements per chunk of the copying passes (flatten, differences, candidate scans): amortises Python overhead.
 CHUNK = 1 << 20
+# Elements per chunk of the fused merges (weighted sums, TIES): their few work arrays stay in a core's cache.
+FUSED_CHUNK = 1 << 18
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -52,15 +54,6 @@ def task_vector(finetuned: Mapping[str, torch.Tensor], base: Mapping[str, torch.
     return {k: v.to(work_dtype(v.dtype)) - base[k].to(work_dtype(v.dtype)) for k, v in finetuned.items()}
 
 
-def add(shared: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor], scale: float = 1.0) -> StateDict:
-    """``shared + scale * delta`` over the keys of ``delta``, cast back to ``shared``'s dtypes."""
-    out: StateDict = {}
-    for k, d in delta.items():
-        s = shared[k]
-        out[k] = (s.to(work_dtype(s.dtype)) + scale * d.to(work_dtype(s.dtype))).to(s.dtype)
-    return out
-
-
 def numel(sd: Mapping[str, torch.Tensor], prefix: str = "") -> int:
     """Number of values in ``sd`` (only keys starting with ``prefix``)."""
     return sum(t.numel() for k, t in sd.items() if k.startswith(prefix))
@@ -95,10 +88,6 @@ class Layout:
         """``(key, start, stop)`` for every tensor."""
         for i, k in enumerate(self.keys):
             yield k, self.offsets[i], self.offsets[i + 1]
-
-    def key_of(self, flat_index: int) -> str:
-        """The key whose span holds ``flat_index``."""
-        return self.keys[int(np.searchsorted(self.offsets, flat_index, side="right")) - 1]
 
     def to_json(self) -> dict:
         return {"keys": list(self.keys), "shapes": [list(s) for s in self.shapes],
@@ -155,9 +144,7 @@ def weighted_sum(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[s
     Works chunk by chunk (each chunk stays in cache while the T inputs stream through), with one preallocated
     accumulator and in-place ``add_``: every input is read once and the output written once.
     """
-    from peru_core.types import report
-
-    block = 1 << 18
+    block = FUSED_CHUNK
     acc = torch.empty(min(block, max(base[k].numel() for k in keys)))
     out: StateDict = {}
     for i, k in enumerate(keys):

@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from peru_core.errors import PeruError
+from peru_core.zoo.validate import checkpoint_shapes
 
 ARCHITECTURES = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-B-32-quickgelu", "ViT-B-16-quickgelu", "ViT-L-14-quickgelu")
 Shapes = dict[str, tuple[int, ...]]
@@ -29,19 +30,9 @@ class TaskFiles:
     classes: tuple[str, ...] = ()
 
 
-def _shapes(path: Path) -> tuple[Shapes, bool]:
-    """Key -> shape from the header, in open_clip names; True when the file uses Hugging Face names."""
-    from peru_core.zoo import validate
-
-    try:
-        return validate.checkpoint_shapes(path), False
-    except validate._Foreign as f:  # valid, in HF names: write_zoo maps it  # noqa: SLF001
-        return f.shapes, True
-
-
 def check_base(path: Path, expected: Shapes, arch: str) -> str:
     """One sentence: what the base checkpoint holds, or raise PeruError with what is wrong."""
-    shapes, hf = _shapes(path)
+    shapes, hf = checkpoint_shapes(path)  # HF names are valid: write_zoo maps them
     missing = sorted(set(expected) - set(shapes))
     wrong = [k for k in shapes if k in expected and shapes[k] != expected[k]]
     if wrong:
@@ -55,7 +46,7 @@ def check_base(path: Path, expected: Shapes, arch: str) -> str:
 
 def check_finetuned(path: Path, expected: Shapes, prefix: str) -> str:
     """A fine-tune must hold tensors of the tuned part with the architecture's shapes."""
-    shapes, hf = _shapes(path)
+    shapes, hf = checkpoint_shapes(path)
     tuned = {k: s for k, s in shapes.items() if k.startswith(prefix)}
     if not tuned:
         raise PeruError(f"{path.name} holds no tensor of the tuned part {prefix!r}; upload the fine-tuned image "

@@ -30,10 +30,7 @@ import torch
 from peru_core.device import DeviceLike, resolve_device
 from peru_core.merging.registry import MergeContext, Param, merge_method
 from peru_core.sparse import keep_count
-from peru_core.statedict import Layout, flat_difference, tuned_keys, work_dtype
-
-# Elements per chunk of the fused pass: six work arrays of this size stay in a core's cache.
-CHUNK = 1 << 18
+from peru_core.statedict import FUSED_CHUNK as CHUNK, Layout, flat_difference, tuned_keys, work_dtype
 from peru_core.types import Progress, StateDict, report
 
 

@@ -39,10 +39,11 @@ class LoraConfigSpec:
     lr: float = 0.1  # LoRA factors start at B = 0 and need a larger step than full weights
 
 
-def _lr(step: int, base: float, cfg: FinetuneConfig) -> float:
-    if step < cfg.warmup:
-        return base * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+def warmup_cosine(step: int, base: float, warmup: int, steps: int) -> float:
+    """Learning rate at ``step``: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
     return base * 0.5 * (1 + math.cos(math.pi * t))
 
 
@@ -54,7 +55,7 @@ def _train(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], head: t
     model.train()
     for step in range(cfg.steps):
         for g in opt.param_groups:
-            g["lr"] = _lr(step, lr, cfg)
+            g["lr"] = warmup_cosine(step, lr, cfg.warmup, cfg.steps)
         idx = rng.integers(0, len(x), size=cfg.batch)
         xb = preprocess_uint8(x[idx], image_size, mean, std).to(device)
         logits = F.normalize(model.encode_image(xb), dim=-1) @ head.T

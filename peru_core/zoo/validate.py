@@ -29,23 +29,17 @@ def architecture_shapes(architecture: str, model_config: Optional[dict] = None) 
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def checkpoint_shapes(path: Path) -> Shapes:
-    """Key -> shape from a safetensors header, in open_clip names (HF CLIP layouts are mapped on meta tensors)."""
+def checkpoint_shapes(path: Path) -> tuple[Shapes, bool]:
+    """Key -> shape from a safetensors header, in open_clip names, and whether the file uses Hugging Face CLIP names
+    (those are mapped on meta tensors: valid data, but a zoo must hold open_clip names, so it is imported)."""
     from peru_core.io import read_file_header  # its checks name pickles, corrupt and truncated files clearly
 
     header = read_file_header(path, path.name)
     raw = {k: tuple(v["shape"]) for k, v in header.items() if not k.startswith("__")}
     if hf_clip.detect_layout(raw) == hf_clip.HF_CLIP:
         meta = hf_clip.hf_to_open_clip({k: torch.empty(s, device="meta") for k, s in raw.items()}, strict=False)
-        raise _Foreign({k: tuple(v.shape) for k, v in meta.items()})
-    return raw
-
-
-class _Foreign(Exception):
-    """A checkpoint in Hugging Face names: valid data, but the zoo must hold open_clip names (import it)."""
-
-    def __init__(self, shapes: Shapes) -> None:
-        self.shapes = shapes
+        return {k: tuple(v.shape) for k, v in meta.items()}, True
+    return raw, False
 
 
 def _name(path: Path, zoo: Zoo) -> str:
@@ -70,12 +64,13 @@ def _compare(shapes: Shapes, expected: Shapes, what: str, arch: str) -> Optional
 
 def _checkpoint(path: Path, expected: Shapes, what: str, arch: str) -> Optional[str]:
     try:
-        return _compare(checkpoint_shapes(path), expected, what, arch)
-    except _Foreign:
-        return (f"{what} uses Hugging Face CLIP names; import it into the zoo with the Upload page or "
-                "peru_core.zoo.writer.write_zoo, which maps it to open_clip names.")
+        shapes, hf = checkpoint_shapes(path)
     except PeruError as e:
         return str(e)
+    if hf:
+        return (f"{what} uses Hugging Face CLIP names; import it into the zoo with the Upload page or "
+                "peru_core.zoo.writer.write_zoo, which maps it to open_clip names.")
+    return _compare(shapes, expected, what, arch)
 
 
 def _adapter(spec: TaskSpec, zoo: Zoo, shapes: Shapes) -> Optional[str]:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-import torch
 
 from peru_core import hf_clip
 from peru_core.errors import PeruError
@@ -98,17 +97,14 @@ class _Writer:
         return hf_clip.to_open_clip(sd)
 
     def _fits(self, path: Path, keys: set[str]) -> bool:
-        from peru_core.zoo.validate import _Foreign, checkpoint_shapes
+        from peru_core.zoo.validate import checkpoint_shapes
 
         if not path.is_file():
             raise PeruError(f"{path} does not exist (or is a folder); pick the checkpoint file.")
         if _is_pickle(path):
             return False
-        try:
-            shapes = checkpoint_shapes(path)
-        except _Foreign:
-            return False
-        return set(shapes) == keys
+        shapes, hf = checkpoint_shapes(path)
+        return not hf and set(shapes) == keys
 
     def place(self, src: Path, rel: str) -> str:
         """Copy ``src`` to ``rel`` in the zoo (or reference it in place): the manifest path."""

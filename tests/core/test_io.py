@@ -74,7 +74,7 @@ def test_safetensors_whose_header_length_looks_like_pickle_is_read(tmp_path):
     path.write_bytes(data)
     assert torch.equal(load_state_dict(path)["w"], sd["w"])
     assert not writer_sees_pickle(path) and not _looks_pickled(path)
-    assert checkpoint_shapes(path) == {"w": (2, 3)}
+    assert checkpoint_shapes(path) == ({"w": (2, 3)}, False)
     torch.save(sd, tmp_path / "real.pt")
     assert writer_sees_pickle(tmp_path / "real.pt") and _looks_pickled(tmp_path / "real.pt")
 
