@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from peru_core import viz
-from ui import cache, page, sidebar, specs, state, widgets
+from peru_core import fmt, viz
+from ui import cache, jobs, page, sidebar, specs, state, widgets
 from ui.downloads import downloads
 
 page.setup("Merge lab", ":material/science:")
@@ -18,21 +18,24 @@ page.intro(
     "Post-Pruning and PERU-FFT add the top-$m\\%$ entries (by magnitude) of a task's difference to the shared "
     "model; PERU-LoRA keeps the top-$q$ singular directions of each LoRA update. Read the table across: the closer a "
     "row's average gets to Single-Task for few extra bytes per task, the better.",
-    r"\text{Task Arithmetic: } \theta^* = \theta_0 + \lambda \sum_{t=1}^T v_t \qquad "
-    r"\text{PERU-FFT: } \theta^* + \operatorname{top}_{m\%}(\theta_t - \theta^*) \qquad "
-    r"\text{Post-Pruning: } \theta_0 + \operatorname{top}_{m\%}(v_t)",
+    r"\begin{aligned} \text{Task Arithmetic: }& \theta^* = \theta_0 + \lambda \textstyle\sum_{t=1}^T v_t \\ "
+    r"\text{PERU-FFT: }& \theta^* + \operatorname{top}_{m\%}(\theta_t - \theta^*) \\ "
+    r"\text{Post-Pruning: }& \theta_0 + \operatorname{top}_{m\%}(v_t) \end{aligned}",
     "Table 1 (one row per method) and Figures 1 and 2",
 )
 
 with page.user_errors():
     rt = ctx.runtime
-    left, right = st.columns([1, 2.2], gap="large")
+    left, right = st.columns([1.2, 2], gap="large")
     with left:
         source = widgets.source_picker(state.LAB_SOURCE, rt)
-        merge, params = widgets.merge_picker("lab", ctx.zoo)
         modes = specs.REUSE_MODES[source]
-        mode = state.kept(st.radio, "Task-specific part", key=state.LAB_MODE, options=list(modes),
-                          format_func=modes.get, index=len(modes) - 1)
+        # one radio per kind of fine-tune: their options differ, and a choice made for one never blanks another
+        mode = state.kept(st.radio, "Task-specific part", key=state.for_source(state.LAB_MODE, source),
+                          options=list(modes), format_func=modes.get, index=len(modes) - 1)
+        merge, params = None, {}
+        if specs.uses_merge(mode):  # Post-Pruning and PERU-LoRA start from theta_0: no merge to pick
+            merge, params = widgets.merge_picker("lab", ctx.zoo)
         keep = rank = None
         scope = "global"
         if mode in ("post-pruning", "peru-fft"):
@@ -41,19 +44,29 @@ with page.user_errors():
                                index=0, horizontal=True, format_func={"global": "the whole vector",
                                                                       "per-tensor": "each tensor"}.get)
         elif mode == "peru-lora":
-            rank = widgets.rank_slider(state.LAB_RANK, widgets.lora_rank(rt))
+            rank = widgets.rank_slider(state.for_source(state.LAB_RANK, source), widgets.lora_rank(rt, source))
         wanted = specs.lab(source, merge, params, mode, keep, rank, scope)
         todo = cache.missing(rt, wanted, ctx.zoo_hash)
+        job_key = cache.job_key(rt, wanted)
+        job = jobs.jobs().get(job_key) if todo else None
+        running = job is not None and job.active
         auto = state.kept(st.toggle, "Compute automatically", key=state.LAB_AUTO, value=False,
                           help="Compute each new setting as soon as a slider moves (seconds on the demo zoo).")
-        clicked = st.button("Compute", key=state.LAB_COMPUTE, type="primary", disabled=not todo)
+        clicked = st.button("Compute", key=state.LAB_COMPUTE, type="primary", disabled=not todo or running)
     with right:
-        if todo and (clicked or auto):
-            cache.compute(rt, todo, f"Computing {wanted[-1].label}")
-            st.rerun()  # redraw the controls (the button is disabled once nothing is missing)
+        retry = job is None or job.state not in (jobs.CANCELLED, jobs.FAILED)  # auto never restarts a cancel
+        if todo and not running and (clicked or (auto and retry)):
+            previous = jobs.jobs().get(st.session_state.get("_lab_auto_job", ""))
+            if auto and previous is not None and previous.key != job_key:
+                previous.cancel()  # a slider moved on: the setting it was computing is no longer asked for
+            job = cache.submit(rt, todo, f"Computing {wanted[-1].label}", key=job_key)
+            st.session_state["_lab_auto_job"] = job_key
         if todo:
-            st.info(f"**{wanted[-1].label}** is not computed yet: press **Compute** "
-                    f"({len(todo)} setting{'s' if len(todo) > 1 else ''} to evaluate on {len(ctx.zoo.tasks)} tasks).")
+            job = jobs.watch(job_key, "lab")
+            if job is None or not job.active:
+                st.info(f"**{wanted[-1].label}** is not computed yet: press **Compute** "
+                        f"({len(todo)} setting{'s' if len(todo) > 1 else ''} to evaluate on "
+                        f"{len(ctx.zoo.tasks)} tasks).")
             last = st.session_state.get("_lab_last")
             if last and last[0] == ctx.zoo_hash and not cache.missing(rt, last[1], ctx.zoo_hash):
                 wanted = last[1]
@@ -66,15 +79,20 @@ with page.user_errors():
         single = viz.summary(df[df["mode"] == "single-task"])
         with st.container(key="lab_results"):
             st.subheader(chosen["label"])
-            m = st.columns(3)
-            m[0].metric("Average accuracy", f"{chosen['accuracy'] * 100:.2f}%",
-                        f"{(chosen['accuracy'] - single['accuracy'].iloc[0]) * 100:+.2f} points vs Single-Task",
-                        delta_color="off", delta_arrow="off")
-            m[1].metric("Extra per task", viz.fmt_bytes(chosen["task_bytes"]),
-                        f"{viz.fmt_count(chosen['task_params'])} params", delta_color="off", delta_arrow="off")
-            m[2].metric("Total (shared + T x task)", viz.fmt_bytes(chosen["bytes"]),
-                        f"{viz.fmt_count(chosen['params'])} params", delta_color="off", delta_arrow="off")
+            # each metric as wide as its text, wrapping to a new row when the column is narrow (equal columns
+            # cut "89.60%" to "89.6..." at 1024 px)
+            with st.container(horizontal=True, gap="large"):
+                st.metric("Average accuracy", fmt.pct_text(chosen["accuracy"]),
+                          f"{fmt.points_text(chosen['accuracy'] - single['accuracy'].iloc[0])} vs Single-Task",
+                          delta_color="off", delta_arrow="off", width="content")
+                st.metric("Extra per task", viz.fmt_bytes(chosen["task_bytes"]),
+                          f"{viz.fmt_count(chosen['task_params'])} params", delta_color="off", delta_arrow="off",
+                          width="content")
+                st.metric("Total (shared + T x task)", viz.fmt_bytes(chosen["bytes"]),
+                          f"{viz.fmt_count(chosen['params'])} params", delta_color="off", delta_arrow="off",
+                          width="content")
         st.plotly_chart(viz.task_bars(df, height=340), key="lab_bars")
     with st.container(key="lab_table"):
-        st.table(viz.accuracy_table(df, ctx.zoo.task_names).style.format(precision=2))
+        table = viz.accuracy_table(df, ctx.zoo.task_names)
+        st.table(viz.table_style(table))
     downloads(rt, wanted[-1], df, prefix="lab")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import streamlit as st
 
 from peru_core import viz
-from ui import cache, page, sidebar, specs, state, widgets
+from peru_core.table import results_csv
+from ui import cache, jobs, page, sidebar, specs, state, widgets
 
 page.setup("Trade-offs", ":material/show_chart:")
 ctx = sidebar.context()
@@ -32,39 +33,54 @@ def per_task(df) -> None:
     st.plotly_chart(viz.per_task_tradeoff(df, x), key="to_per_task")
 
 
+BUDGET_SHARE = {"full": 0.1, "lora": 0.3, "llora": 0.3}  # default budget: this share of a Single-Task part
+
+
 with page.user_errors():
     rt = ctx.runtime
-    c = st.columns([1, 2, 2, 1])
+    c = st.columns([1, 3])
     with c[0]:
         source = widgets.source_picker(state.TO_SOURCE, rt)
     options = specs.method_options(source, ctx.zoo)
     with c[1]:
-        methods = state.kept(st.multiselect, "Methods", key=state.TO_METHODS, options=list(options),
-                             format_func=options.get,
+        # one multiselect per kind of fine-tune: their options differ (a shared key trimmed the choice to the
+        # options both kinds have, e.g. Task Arithmetic alone, after a switch)
+        methods = state.kept(st.multiselect, "Methods", key=state.for_source(state.TO_METHODS, source),
+                             options=list(options), format_func=options.get, wrap=True,
                              default=[m for m in specs.default_methods(source) if m in options])
     keeps, ranks, scope = [], [], "global"
-    with c[2]:
-        if any(m.startswith(("post-pruning", "peru-fft")) for m in methods):
-            keeps = state.kept(st.multiselect, "m values (%)", key=state.TO_KEEPS, options=list(specs.KEEP_GRID),
-                               default=list(specs.DEFAULT_KEEPS), format_func=lambda v: f"{v:g}%")
+    knobs = st.columns([2, 1, 2])
+    if any(m.startswith(("post-pruning", "peru-fft")) for m in methods):
+        with knobs[0]:
+            keeps = state.kept(st.multiselect, "m values (% of entries kept)", key=state.TO_KEEPS,
+                               options=list(specs.KEEP_GRID), default=list(specs.DEFAULT_KEEPS),
+                               format_func=lambda v: f"{v:g}%", wrap=True)
+        with knobs[1]:
             scope = state.kept(st.radio, "Top-m% over", key=state.TO_SCOPE, options=["global", "per-tensor"],
-                               index=0, horizontal=True)
-        if "peru-lora" in methods:
-            grid = specs.rank_grid(widgets.lora_rank(rt))
-            ranks = state.kept(st.multiselect, "q values", key=state.TO_RANKS, options=grid, default=grid)
+                               index=0, horizontal=True, format_func={"global": "the whole vector",
+                                                                      "per-tensor": "each tensor"}.get)
+    if "peru-lora" in methods:
+        grid = specs.rank_grid(widgets.lora_rank(rt, source))
+        with knobs[2]:
+            ranks = state.kept(st.multiselect, "q values (rank kept per matrix)",
+                               key=state.for_source(state.TO_RANKS, source), options=grid, default=grid,
+                               wrap=True)
     wanted = specs.sweep(source, methods, sorted(keeps), sorted(ranks), scope)
     todo = cache.missing(rt, wanted, ctx.zoo_hash)
-    with c[3]:
-        st.write("")
-        clicked = st.button("Compute the missing", key=state.TO_COMPUTE, type="primary", disabled=not todo,
-                            help="Evaluates every setting of the sweep that the results store lacks.")
-    if clicked and todo:
-        cache.compute(rt, todo, "Computing the sweep")
-        st.rerun()  # redraw the controls with everything computed
+    job_key = cache.job_key(rt, wanted)
+    job = jobs.jobs().get(job_key) if todo else None
+    running = job is not None and job.active
+    clicked = st.button("Compute the missing settings", key=state.TO_COMPUTE, type="primary",
+                        disabled=not todo or running,
+                        help="Evaluates every setting of the sweep that the results store lacks.")
+    if clicked and todo and not running:
+        cache.submit(rt, todo, "Computing the sweep", key=job_key)
     done = [sp for sp in wanted if sp not in set(todo)]
     if todo:
-        st.info(f"{len(done)} of {len(wanted)} settings are computed; press **Compute the missing** for "
-                f"the other {len(todo)} (each evaluates every task). The plots show what is computed.")
+        job = jobs.watch(job_key, "to")
+        if job is None or not job.active:
+            st.info(f"{len(done)} of {len(wanted)} settings are computed; press **Compute the missing settings** "
+                    f"for the other {len(todo)} (each evaluates every task). The plots show what is computed.")
     if not done:
         st.stop()
     df = cache.results(rt, done, ctx.zoo_hash)
@@ -74,12 +90,16 @@ with page.user_errors():
     sizes = viz.summary(df)
     full_part = sizes.loc[sizes["mode"] == "single-task", "task_bytes"].max()
     full_part = float(full_part) if full_part == full_part and full_part > 0 else 1e6  # NaN when not computed
-    budget = state.kept(b[0].number_input, "Extra MB per task", key=state.TO_BUDGET, min_value=0.0,
-                        max_value=1e6, value=round(full_part / 1e6 * 0.1, 3), step=0.01, format="%.3f",
+    # the default asks something worth asking: a share of what one Single-Task part costs for these fine-tunes
+    # (an adapter is far smaller than a full fine-tune, so one budget for both made the LoRA answer trivial)
+    default = float(f"{full_part / 1e6 * BUDGET_SHARE.get(source, 0.1):.2g}")
+    budget = state.kept(b[0].number_input, "Extra MB per task", key=state.for_source(state.TO_BUDGET, source),
+                        min_value=0.0, max_value=1e6, value=default, step=0.01, format="%.3f",
                         help="Bytes each task may add on top of the shared model (1 MB = 10^6 bytes).")
     with b[1].container(key="to_answer"):
         st.markdown(viz.budget_sentence(df, budget))
-        st.caption(f"For scale: a full fine-tuned part is {viz.fmt_bytes(full_part)} per task.")
+        st.caption(f"For scale: a Single-Task part ({widgets.SOURCES[source].lower()}) is "
+                   f"{viz.fmt_bytes(full_part)} per task.")
 
     tabs = st.tabs(["Accuracy vs #params", "Accuracy vs bytes", "Accuracy vs m% / q", "Per task", "Table"])
     with tabs[0]:
@@ -95,6 +115,6 @@ with page.user_errors():
     with tabs[3]:
         per_task(df)
     with tabs[4]:
-        st.dataframe(viz.accuracy_table(df, ctx.zoo.task_names), key="to_table")
-        st.download_button("Results (CSV)", df.to_csv(index=False).encode(), file_name="tradeoffs.csv",
+        st.dataframe(viz.table_style(viz.accuracy_table(df, ctx.zoo.task_names)), key="to_table")
+        st.download_button("Results (CSV)", results_csv(df).encode(), file_name="tradeoffs.csv",
                            mime="text/csv", key=state.TO_CSV, on_click="ignore")

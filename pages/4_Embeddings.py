@@ -7,9 +7,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from peru_core import viz
+from peru_core import fmt, viz
 from peru_core.spec import RunSpec
-from ui import page, sidebar, specs, state, widgets
+from ui import cache, jobs, page, sidebar, specs, state, widgets
 
 page.setup("Embeddings", ":material/scatter_plot:")
 ctx = sidebar.context()
@@ -25,19 +25,24 @@ page.intro(
 )
 
 
-@st.cache_data(show_spinner="Features of every panel's model, then one t-SNE per panel…", max_entries=32)
-def tsne_panels(zoo_hash: str, task: str, keys: tuple[str, ...], per_class: int, perplexity: float, seed: int,
-                _rt) -> tuple[pd.DataFrame, pd.DataFrame]:
+def tsne_panels(rt, task: str, keys: tuple[str, ...], per_class: int, perplexity: float, seed: int,
+                progress) -> tuple[pd.DataFrame, pd.DataFrame]:
     """t-SNE points and cluster quality of each panel (features of the same sampled test images)."""
     from peru_core import embed, experiments
 
     # the same sampled test images in every panel: only those are encoded
-    idx = embed.sample_per_class(_rt.data(task)[1].numpy(), per_class, seed)
-    feats, labels = {}, None
-    for key in keys:
+    idx = embed.sample_per_class(rt.data(task)[1].numpy(), per_class, seed)
+    points, quality, n = [], [], len(keys)
+    for i, key in enumerate(keys):
         spec = RunSpec.from_key(key)
-        feats[spec.label], labels = _rt.features(experiments.task_model(_rt, spec, task), task, index=idx)
-    return embed.embed_panels(feats, labels, _rt.spec(task).classes, perplexity=perplexity, seed=seed)
+        progress(i / n, f"{spec.label}: features, then t-SNE")
+        feats, labels = rt.features(experiments.task_model(rt, spec, task), task, index=idx)
+        # panels are independent (same seed and perplexity each): one at a time, so Cancel acts between them
+        p, q = embed.embed_panels({spec.label: feats}, labels, rt.spec(task).classes, perplexity=perplexity,
+                                  seed=seed)
+        points.append(p)
+        quality.append(q)
+    return pd.concat(points, ignore_index=True), pd.concat(quality, ignore_index=True)
 
 
 with page.user_errors():
@@ -49,34 +54,46 @@ with page.user_errors():
         source = widgets.source_picker(state.EM_SOURCE, rt)
     options = specs.panel_options(source, ctx.zoo)
     with c[2]:
-        chosen = state.kept(st.multiselect, "Panels", key=state.EM_METHODS, options=list(options),
-                            format_func=options.get,
+        # one multiselect per kind of fine-tune: their options differ (see the Trade-offs page)
+        chosen = state.kept(st.multiselect, "Panels", key=state.for_source(state.EM_METHODS, source),
+                            options=list(options), format_func=options.get, wrap=True,
                             default=[o for o in specs.default_panels(source, ctx.zoo) if o in options])
         keep = rank = None
         if any(o.startswith(("post-pruning", "peru-fft")) for o in chosen):
             keep = widgets.keep_slider(state.EM_KEEP)
         if "peru-lora" in chosen:
-            r = widgets.lora_rank(rt)
-            rank = widgets.rank_slider(state.EM_RANK, r, value=16)  # clamped to r
+            r = widgets.lora_rank(rt, source)
+            rank = widgets.rank_slider(state.for_source(state.EM_RANK, source), r, value=16)  # clamped to r
     with c[1]:
         per_class = state.kept(st.slider, "Images per class", key=state.EM_PER_CLASS, min_value=5, max_value=100,
                                value=20, step=5)
         perplexity = state.kept(st.slider, "Perplexity", key=state.EM_PERPLEXITY, min_value=5.0, max_value=50.0,
-                                value=30.0, step=1.0, help="Same in every panel; clamped below n/3.")
+                                value=30.0, step=1.0, format="%.0f", help="Same in every panel; clamped below n/3.")
         seed = int(state.kept(st.number_input, "Seed", key=state.EM_SEED, min_value=0, max_value=2**31 - 1,
                               value=0, step=1))
     if not chosen:
         st.info("Pick at least one panel.")
         st.stop()
     keys = tuple(specs.panel(o, source, keep, rank).key() for o in chosen)
-    config = (ctx.zoo_hash, task, keys, per_class, perplexity, seed)
-    if st.button("Compute t-SNE", key=state.EM_COMPUTE, type="primary"):
-        st.session_state["_em_config"] = config
-    if st.session_state.get("_em_config") != config:
-        st.info(f"Press **Compute t-SNE** to embed {len(keys)} panels "
-                f"(the features of every method, then one t-SNE per panel).")
+    config = (ctx.zoo_hash, task, keys, per_class, float(perplexity), seed)
+    job_key = "tsne:" + repr(config)
+    computed = cache.embeddings().get(config)  # every configuration computed on this server lately
+    job = jobs.jobs().get(job_key) if computed is None else None
+    running = job is not None and job.active
+    if st.button("Compute t-SNE", key=state.EM_COMPUTE, type="primary", disabled=computed is not None or running,
+                 help="Features of every panel's model, then one t-SNE per panel; kept for this configuration."):
+        if computed is None and not running:
+            def work(progress, config=config):
+                cache.embeddings().put(config, tsne_panels(rt, *config[1:], progress))
+
+            jobs.jobs().submit(job_key, f"Embedding {len(keys)} panels", work)
+    if computed is None:
+        job = jobs.watch(job_key, "em")
+        if job is None or not job.active:
+            st.info(f"Press **Compute t-SNE** to embed {len(keys)} panels "
+                    f"(the features of every method, then one t-SNE per panel).")
         st.stop()
-    points, quality = tsne_panels(*config, rt)
+    points, quality = computed
     classes = list(rt.spec(task).classes)
     labels = [RunSpec.from_key(k).label for k in keys]
     families = {RunSpec.from_key(k).label: RunSpec.from_key(k).method_label for k in keys}
@@ -88,6 +105,6 @@ with page.user_errors():
             q = quality[quality["panel"] == lab].iloc[0]
             m = st.columns(2)
             m[0].metric("silhouette", f"{q['silhouette']:.3f}")
-            m[1].metric("5-NN accuracy", f"{q['knn_accuracy'] * 100:.1f}%")
+            m[1].metric("5-NN accuracy", fmt.pct_text(q["knn_accuracy"]))
     st.subheader("Cluster quality")
     st.plotly_chart(viz.cluster_quality_bars(quality), key="em_quality")

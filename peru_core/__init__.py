@@ -3,10 +3,7 @@
 Paper: "Effective and Parameter-Efficient Reusing Fine-Tuned Models" (PERU / BYOM),
 https://arxiv.org/abs/2310.01886 . This package never imports streamlit.
 """
-import os
-
-# No hub access at run time, ever (open_clip / huggingface_hub honour these).
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The hub is contacted only by peru_core.hub, for hf:// references the user wrote, and never when HF_HUB_OFFLINE is
+# set; models are built with pretrained=None, so open_clip never downloads.
 
 __version__ = "0.1.0"

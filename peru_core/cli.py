@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 from peru_core.errors import PeruError
 
-COMMANDS = ("merge", "reuse", "lora", "sweep", "convert")
+COMMANDS = ("merge", "reuse", "lora", "sweep", "convert", "zoo_new")  # zoo_new: `zoo new`
 
 
 def build_parser() -> argparse.ArgumentParser:

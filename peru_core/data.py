@@ -1,4 +1,4 @@
-"""Task datasets as model-ready tensors: ``npz`` arrays (the demo zoo) and image folders (users' data).
+"""Task datasets as model-ready tensors: ``npz`` arrays (the demo zoo), image folders and parquet sets (users' data).
 
 PERU (https://arxiv.org/abs/2310.01886) evaluates every reused model on each task's held-out test set; this module
 turns a manifest's :class:`~peru_core.zoo.manifest.DataRef` into ``(x, y)`` with the image tower's preprocessing.
@@ -77,4 +77,11 @@ def load_task_data(ref: DataRef, classes: Sequence[str], image_size: int, *,
         from peru_core.imagefolder import load_image_folder
 
         return load_image_folder(ref.path, classes, image_size, mean=mean, std=std, limit=limit)
-    raise PeruError(f"Data kind {ref.kind!r} is unknown; use 'npz' or 'folder'.")
+    if ref.kind == "parquet":
+        from peru_core.parquet_data import load_parquet  # pyarrow: imported only when a parquet set is asked for
+
+        if ref.limit is not None:  # the manifest's own cap (e.g. the images Fisher/RegMean statistics use)
+            limit = ref.limit if limit is None else min(limit, ref.limit)
+        return load_parquet(ref.path, classes, image_size, split=ref.split or "test", mean=mean, std=std,
+                            limit=limit)
+    raise PeruError(f"Data kind {ref.kind!r} is unknown; use 'npz', 'folder' or 'parquet'.")

@@ -6,6 +6,7 @@ Rows mirror the paper's tables (https://arxiv.org/abs/2310.01886, Table 1): per-
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections import OrderedDict
@@ -16,12 +17,15 @@ import torch
 from safetensors.torch import save as st_save
 
 from peru_core import accounting as acc
+from peru_core import taskpart
 from peru_core.errors import PeruError
+from peru_core.io import read_file_header
+from peru_core.lowrank import truncate_adapter
 from peru_core.merging import get_method, list_methods
-from peru_core.reuse import LoraReuse, SparseReuse, lowrank_to_tensors
-from peru_core.sparse import keep_count
+from peru_core.reuse import LoraReuse, SparseReuse
+from peru_core.sparse import SparseDelta, keep_count, part_dtype
 from peru_core.spec import Mode, RunSpec, Source
-from peru_core.statedict import numel
+from peru_core.statedict import Layout, numel
 from peru_core.store import ResultsStore
 from peru_core.types import Progress, StateDict, report
 
@@ -29,6 +33,8 @@ from peru_core.types import Progress, StateDict, report
 COMPUTE_LOCK = threading.Lock()
 PAPER_KEEPS = (1.0, 5.0, 10.0, 20.0)
 PAPER_RANKS = (1, 2, 4, 8, 16)
+# the merges of the paper's Table 1: the sweep's default (the rest of the registry is one --methods away)
+PAPER_MERGES = ("average", "task_arithmetic", "fisher", "regmean", "ties")
 ROW_COLUMNS = ["spec_key", "label", "method", "mode", "source", "merge", "keep", "rank", "scope", "task",
                "accuracy", "params", "bytes", "task_params", "task_bytes", "cached"]
 
@@ -77,35 +83,37 @@ def zoo_key(runtime: Any) -> str:
 
 
 def available_sources(runtime: Any) -> list[Source]:
-    """Sources every task of the zoo has: full fine-tunes and/or LoRA adapters."""
+    """Sources every task of the zoo has: full fine-tunes, LoRA and/or L-LoRA adapters (in that order)."""
     tasks = runtime.zoo.tasks
     return [s for s, ok in ((Source.FULL, all(t.finetuned for t in tasks)),
-                            (Source.LORA, all(t.lora for t in tasks))) if ok]
+                            (Source.LORA, all(t.lora for t in tasks)),
+                            (Source.LLORA, all(t.llora for t in tasks))) if ok]
 
 
-def lora_rank(runtime: Any) -> int:
-    """The largest LoRA rank over the zoo's adapters (the upper end of the q slider)."""
-    return max(f.rank for t in runtime.zoo.task_names for f in runtime.adapter(t).values())
+def lora_rank(runtime: Any, source: Source = Source.LORA) -> int:
+    """The largest rank over the zoo's adapters of ``source`` (the upper end of the q slider)."""
+    return max(f.rank for t in runtime.zoo.task_names for f in runtime.adapter(t, source.value).values())
 
 
-def _lora_model(runtime: Any, task: str) -> StateDict:
-    """theta_0 + scale * B A on the adapter's targets: the LoRA fine-tune as a full tuned state dict."""
+def _lora_model(runtime: Any, task: str, source: Source = Source.LORA) -> StateDict:
+    """theta_0 + scale * B A on the adapter's targets: the (L-)LoRA fine-tune as a full tuned state dict. An L-LoRA
+    adapter folds in exactly like a LoRA one: its linearized update dB A_0 (B_0 = 0) is the product B A."""
     def make() -> StateDict:
         base = runtime.base_state()
         out = dict(base)
-        for key, f in runtime.adapter(task).items():  # targets were checked against the base when it was read
+        for key, f in runtime.adapter(task, source.value).items():  # targets were checked against the base
             out[key] = (base[key].float() + f.delta(torch.float32)).to(base[key].dtype)
         return out
 
-    return _memo(runtime).get(("lora-model", task), make)
+    return _memo(runtime).get(("lora-model", source, task), make)
 
 
 def source_model(runtime: Any, source: Source, task: int) -> StateDict:
-    """Task ``task``'s fine-tuned tuned part, from its full fine-tune or its LoRA adapter merged in."""
+    """Task ``task``'s fine-tuned tuned part, from its full fine-tune or its (L-)LoRA adapter merged in."""
     if source not in available_sources(runtime):
-        raise PeruError(f"This zoo has no {source.value} fine-tunes for every task; pick the other source.")
+        raise PeruError(f"This zoo has no {source.value} fine-tunes for every task; pick another kind of fine-tune.")
     name = runtime.zoo.task_names[task]
-    return runtime.finetuned(name) if source is Source.FULL else _lora_model(runtime, name)
+    return runtime.finetuned(name) if source is Source.FULL else _lora_model(runtime, name, source)
 
 
 def source_models(runtime: Any, source: Source) -> list[StateDict]:
@@ -142,36 +150,77 @@ def _sparse(runtime: Any, spec: RunSpec, task_index: int) -> SparseReuse:
     return _memo(runtime).get(("sparse", shared_key, spec.source, task_index, spec.scope), make)
 
 
-def _lora_reuse(runtime: Any, task: str) -> LoraReuse:
-    return _memo(runtime).get(("lora-reuse", task), lambda: LoraReuse(runtime.base_state(), runtime.adapter(task)))
+def _lora_reuse(runtime: Any, task: str, source: Source = Source.LORA) -> LoraReuse:
+    return _memo(runtime).get(("lora-reuse", source, task),
+                              lambda: LoraReuse(runtime.base_state(), runtime.adapter(task, source.value)))
 
 
-def _value_bytes(runtime: Any) -> int:
-    return acc.dtype_bytes(runtime.stored_dtype)
+def stored_dtypes(runtime: Any) -> dict[str, torch.dtype]:
+    """Each tuned tensor's dtype as stored in the base file: downloads are written in it, and sized in it (the
+    runtime computes in float32, but a float16 zoo stores 2 bytes per value)."""
+    def make() -> dict[str, torch.dtype]:
+        header = read_file_header(runtime.zoo.base, runtime.zoo.base.name)
+        return {k: acc.dtype_of(header[k]["dtype"]) for k in runtime.tuned_keys}
+
+    return _memo(runtime).get(("stored-dtypes",), make)
+
+
+def _file_meta(runtime: Any, spec: RunSpec) -> dict[str, str]:
+    """Metadata of every file written for ``spec`` (part of each file's size)."""
+    return {"peru_spec": spec.key(), "zoo": runtime.zoo.name}
+
+
+def _stored_layout(runtime: Any) -> Layout:
+    """The flat layout of the tuned part with its stored dtypes (what a sparse task part describes)."""
+    layout, dts = Layout.of(runtime.base_state()), stored_dtypes(runtime)
+    return dataclasses.replace(layout, dtypes=tuple(dts[k] for k in layout.keys))
+
+
+def check_rank(runtime: Any, spec: RunSpec) -> None:
+    """A PERU-LoRA q must lie in [1, the largest adapter rank]; a one-sentence PeruError otherwise."""
+    if spec.mode is not Mode.PERU_LORA:
+        return
+    r = lora_rank(runtime, spec.source)
+    if not 1 <= spec.rank <= r:
+        raise PeruError(f"Rank q={spec.rank} is out of range; give a whole number from 1 to {r}, the largest "
+                        "adapter rank of this zoo.")
+
+
+def _kept_shapes(runtime: Any, spec: RunSpec, task: str) -> dict[str, tuple[int, int, int]]:
+    """``key -> (d_out, d_in, q kept)`` of task's PERU-LoRA part: q clamped per matrix to min(r, d_out, d_in)."""
+    return {k: (*f.shape, min(spec.rank, f.rank, *f.shape))
+            for k, f in runtime.adapter(task, spec.source.value).items()}
 
 
 def _costs(runtime: Any, spec: RunSpec) -> acc.Accounting:
-    """The paper's #params and honest bytes for ``spec`` (shared = the tuned part, e.g. the image encoder;
-    the frozen text tower and heads are the same for every method and not counted)."""
-    base = runtime.base_state()
-    d, vb, T = numel(base), _value_bytes(runtime), len(runtime.zoo.tasks)
-    name = spec.mode.value
+    """The paper's #params and the exact sizes of the files :func:`artifacts` writes for ``spec`` (shared = the
+    tuned part, e.g. the image encoder; the frozen text tower and heads are the same for every method and not
+    counted). Computed from shapes and metadata alone: nothing is written."""
+    check_rank(runtime, spec)
+    base, dts, meta = runtime.base_state(), stored_dtypes(runtime), _file_meta(runtime, spec)
+    d, T, name, names = numel(base), len(runtime.zoo.tasks), spec.mode.value, runtime.zoo.task_names
+    model_bytes = acc.safetensors_bytes(acc.state_dict_entries(base, dts), meta)  # shared or one task's model
     if spec.mode in (Mode.PRETRAINED, Mode.MERGE):
-        return acc.merge_accounting(name, d, d * vb, T)
+        return acc.merge_accounting(name, d, model_bytes, T)
     if spec.mode is Mode.SINGLE_TASK and spec.source is Source.FULL:
-        return acc.full_accounting(d, d * vb, d, T, vb)
-    if spec.mode is Mode.SINGLE_TASK:  # plain LoRA stores A and B: r (d_out + d_in) per matrix
-        p = [sum(f.rank * (f.shape[0] + f.shape[1]) for f in runtime.adapter(t).values())
-             for t in runtime.zoo.task_names]
-        return acc.Accounting(name, T, d, tuple(p), d * vb, tuple(x * vb for x in p))
+        return acc.full_accounting(d, [model_bytes] * T)  # T whole models, no shared model
+    if spec.mode is Mode.SINGLE_TASK:  # plain LoRA stores A and B: r (d_out + d_in) per matrix, on the base
+        ads = [runtime.adapter(t, spec.source.value) for t in names]
+        return acc.reuse_accounting(name, d, model_bytes,
+                                    [sum(f.rank * (f.shape[0] + f.shape[1]) for f in a.values()) for a in ads],
+                                    [taskpart.lora_part_bytes(a, dts, meta) for a in ads])
     if spec.mode is Mode.PERU_LORA:
-        shapes = [[(*f.shape, f.rank) for f in runtime.adapter(t).values()] for t in runtime.zoo.task_names]
-        return acc.lowrank_accounting(name, d, d * vb, shapes, spec.rank, vb)
+        kept = [_kept_shapes(runtime, spec, t) for t in names]
+        return acc.reuse_accounting(name, d, model_bytes, [sum(q * (o + i + 1) for o, i, q in k.values())
+                                                           for k in kept],
+                                    [taskpart.lowrank_part_bytes(k, dts, spec.rank, meta) for k in kept])
+    layout = _stored_layout(runtime)
     if spec.scope.value == "global":
         nnz = keep_count(d, spec.keep)
     else:
-        nnz = sum(keep_count(t.numel(), spec.keep) for t in base.values())
-    return acc.sparse_accounting(name, d, d * vb, d, [nnz] * T, vb)
+        nnz = sum(keep_count(e - s, spec.keep) for _, s, e in layout.spans())
+    part = taskpart.sparse_part_bytes(layout, nnz, spec.keep, spec.scope.value, part_dtype(layout.dtypes), meta)
+    return acc.reuse_accounting(name, d, model_bytes, [nnz] * T, [part] * T)
 
 
 def task_model(runtime: Any, spec: RunSpec, task: str | int) -> StateDict:
@@ -188,7 +237,8 @@ def task_model(runtime: Any, spec: RunSpec, task: str | int) -> StateDict:
     if spec.mode in (Mode.POST_PRUNING, Mode.PERU_FFT):
         return _sparse(runtime, spec, i).model(spec.keep)
     if spec.mode is Mode.PERU_LORA:
-        return _lora_reuse(runtime, name).model(spec.rank)
+        check_rank(runtime, spec)
+        return _lora_reuse(runtime, name, spec.source).model(spec.rank)
     raise PeruError(f"Unknown mode {spec.mode!r}.")
 
 
@@ -223,9 +273,14 @@ def run_spec(runtime: Any, spec: RunSpec, store: Optional[ResultsStore] = None,
         report(on_progress, 1.0, f"{spec.label}: done")
     frame = _rows(runtime, spec, accs, cached=False)
     if store is not None:
-        store.put(zoo_key(runtime), spec.key(), frame[["task", "accuracy", "params", "bytes", "task_params",
-                                                        "task_bytes"]].to_dict("records"))
+        store_rows(store, zoo_key(runtime), spec, frame)
     return frame
+
+
+def store_rows(store: ResultsStore, zoo_hash: str, spec: RunSpec, frame: pd.DataFrame) -> None:
+    """Write the rows :func:`run_spec` computed for ``spec`` (one transaction); the Ray driver writes with it too."""
+    store.put(zoo_hash, spec.key(), frame[["task", "accuracy", "params", "bytes", "task_params",
+                                           "task_bytes"]].to_dict("records"))
 
 
 def run_specs(runtime: Any, specs: Sequence[RunSpec], store: Optional[ResultsStore] = None,
@@ -243,19 +298,20 @@ def run_specs(runtime: Any, specs: Sequence[RunSpec], store: Optional[ResultsSto
 
 def paper_specs(runtime: Any, merges: Optional[Iterable[str]] = None, keeps: Iterable[float] = PAPER_KEEPS,
                 ranks: Iterable[int] = PAPER_RANKS) -> list[RunSpec]:
-    """The rows of the paper's Table 1 that this zoo can fill: Pre-trained, Single-Task, each merge on full and
-    LoRA fine-tunes, Post-Pruning and PERU-FFT (Task Arithmetic) at m%, PERU-LoRA at q."""
+    """The rows of the paper's Table 1 that this zoo can fill: Pre-trained, Single-Task, each merge (default: the
+    paper's five, :data:`PAPER_MERGES`) on full, LoRA and L-LoRA fine-tunes, Post-Pruning and PERU-FFT (Task Arithmetic) at m%, PERU-LoRA at q (on LoRA and L-LoRA)."""
     sources = available_sources(runtime)
-    names = list(merges) if merges is not None else [m.name for m in list_methods()]
+    registered = [m.name for m in list_methods()]
+    names = list(merges) if merges is not None else [m for m in PAPER_MERGES if m in registered]
     specs = [RunSpec.make(Mode.PRETRAINED)]
     specs += [RunSpec.make(Mode.SINGLE_TASK, s) for s in sources]
     specs += [RunSpec.make(Mode.MERGE, s, m) for s in sources for m in names]
     if Source.FULL in sources:
         specs += [RunSpec.make(Mode.POST_PRUNING, Source.FULL, keep=k) for k in keeps]
         specs += [RunSpec.make(Mode.PERU_FFT, Source.FULL, "task_arithmetic", keep=k) for k in keeps]
-    if Source.LORA in sources:
-        r = lora_rank(runtime)
-        specs += [RunSpec.make(Mode.PERU_LORA, rank=q) for q in ranks if q <= r]
+    for s in (s for s in sources if s.is_adapter):
+        r = lora_rank(runtime, s)
+        specs += [RunSpec.make(Mode.PERU_LORA, s, rank=q) for q in ranks if q <= r]
     return specs
 
 
@@ -263,24 +319,34 @@ def _save_bytes(tensors: dict[str, torch.Tensor], metadata: Optional[dict[str, s
     return st_save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
 
 
+def _model_file(runtime: Any, sd: StateDict, meta: dict[str, str]) -> bytes:
+    """A (shared or single-task) model file, floats in the zoo's stored dtypes."""
+    dts = stored_dtypes(runtime)
+    return _save_bytes({k: v.to(dts[k]) if v.is_floating_point() else v for k, v in sd.items()}, meta)
+
+
 def artifacts(runtime: Any, spec: RunSpec) -> dict[str, bytes]:
-    """Downloadable files of ``spec`` as safetensors bytes: the shared model and each task's specific part."""
-    names = runtime.zoo.task_names
-    meta = {"peru_spec": spec.key(), "zoo": runtime.zoo.name}
-    if spec.mode in (Mode.PRETRAINED, Mode.MERGE):
-        shared = runtime.base_state() if spec.mode is Mode.PRETRAINED else merged_model(runtime, spec)
-        return {"shared_model.safetensors": _save_bytes(shared, meta)}
-    if spec.mode is Mode.SINGLE_TASK:
-        return {f"{t}.safetensors": _save_bytes(task_model(runtime, spec, i), meta) for i, t in enumerate(names)}
-    if spec.mode is Mode.PERU_LORA:
-        out = {"shared_model.safetensors": _save_bytes(runtime.base_state(), meta)}
-        for t in names:
-            out[f"{t}.rank{spec.rank}.safetensors"] = _save_bytes(
-                lowrank_to_tensors(_lora_reuse(runtime, t).task_part(spec.rank)), meta)
-        return out
-    shared = merged_model(runtime, spec) if spec.mode is Mode.PERU_FFT else runtime.base_state()
-    out = {"shared_model.safetensors": _save_bytes(shared, meta)}
+    """Downloadable files of ``spec`` as safetensors bytes: the shared model and each task's specific part
+    (formats: ``docs/task_part_format.md``). Their sizes are exactly :func:`_costs`' bytes."""
+    check_rank(runtime, spec)
+    names, dts, meta = runtime.zoo.task_names, stored_dtypes(runtime), _file_meta(runtime, spec)
+    if spec.mode is Mode.SINGLE_TASK and spec.source is Source.FULL:
+        return {f"{t}.safetensors": _model_file(runtime, task_model(runtime, spec, i), meta)
+                for i, t in enumerate(names)}
+    shared = merged_model(runtime, spec) if spec.mode in (Mode.MERGE, Mode.PERU_FFT) else runtime.base_state()
+    out = {"shared_model.safetensors": _model_file(runtime, shared, meta)}
     for i, t in enumerate(names):
-        tensors, part_meta = _sparse(runtime, spec, i).task_part(spec.keep).to_tensors()
-        out[f"{t}.top{spec.keep:g}pct.safetensors"] = _save_bytes(tensors, {**meta, **part_meta})
+        if spec.mode is Mode.SINGLE_TASK:
+            out[f"{t}.lora.safetensors"] = _save_bytes(*taskpart.lora_part(runtime.adapter(t, spec.source.value),
+                                                                           dts, meta))
+        elif spec.mode is Mode.PERU_LORA:
+            parts = truncate_adapter(_lora_reuse(runtime, t, spec.source).svds, spec.rank)  # float64 factors
+            out[f"{t}.rank{spec.rank}.safetensors"] = _save_bytes(*taskpart.lowrank_part(parts, dts, spec.rank,
+                                                                                         meta))
+        elif spec.mode in (Mode.POST_PRUNING, Mode.PERU_FFT):
+            delta = _sparse(runtime, spec, i).task_part(spec.keep)
+            layout = _stored_layout(runtime)
+            delta = SparseDelta(layout, delta.indices, delta.values, delta.keep, delta.scope)
+            out[f"{t}.top{spec.keep:g}pct.safetensors"] = _save_bytes(
+                *taskpart.sparse_part(delta, part_dtype(layout.dtypes), meta))
     return out

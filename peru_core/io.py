@@ -30,6 +30,7 @@ PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
 CONVERT_HINT = "convert it once to safetensors with `python -m peru_core convert` (see its --help) and use that file"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+LINEARIZED_WEIGHTS = "linearized_adapter_model.safetensors"  # FusionBench's L-LoRA export, see peru_core.llora
 
 
 # ----------------------------------------------------------------------------------------------- safetensors files
@@ -144,6 +145,11 @@ def load_state_dict(src: Source, *, name: Optional[str] = None, max_bytes: Optio
         except Exception as e:  # safetensors raises its own error types
             raise PeruError(f"{name} could not be read as safetensors ({str(e).splitlines()[0]}); the file is "
                             "corrupt, so copy or export it again.") from None
+    if isinstance(src, str) and src.startswith("hf://"):  # resolved through the hub cache (peru_core.hub)
+        from peru_core.hub import resolve_file
+
+        name = name or src
+        src = resolve_file(src)
     path = Path(src)
     name = name or str(path)
     if path.is_dir():
@@ -376,6 +382,10 @@ def parse_adapter(config: Mapping, tensors: Mapping[str, torch.Tensor], *, name:
     A module ``m`` maps to the base key ``<prefix>m.weight`` (``<prefix>m.in_proj_weight`` for a multi-head
     attention module when ``base_keys`` says so); ``prefix`` serves adapters trained on a sub-model.
     """
+    from peru_core import llora  # FusionBench L-LoRA exports: folded into plain LoRA factors first
+
+    if llora.is_linearized(tensors):
+        config, tensors = llora.fold_linearized(config, tensors, name=name)
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
         raise PeruError(f"Adapter {name} is a {config.get('peft_type')} adapter; only LoRA adapters are supported.")
     if config.get("use_dora"):
@@ -447,6 +457,11 @@ def load_lora_adapter(src: Union[str, os.PathLike, tuple[bytes, bytes]], *, name
         cfg_bytes, weights = src
         name = name or "the uploaded adapter"
     else:
+        if isinstance(src, str) and src.startswith("hf://"):  # resolved through the hub cache (peru_core.hub)
+            from peru_core.hub import resolve_adapter
+
+            name = name or src
+            src = resolve_adapter(src)
         folder = Path(src)
         name = name or folder.name
         if not folder.is_dir():
@@ -456,6 +471,8 @@ def load_lora_adapter(src: Union[str, os.PathLike, tuple[bytes, bytes]], *, name
             raise PeruError(f"Adapter folder {folder} has no {ADAPTER_CONFIG}; save the adapter with PEFT's "
                             "save_pretrained.")
         weights_path = folder / ADAPTER_WEIGHTS
+        if not weights_path.is_file() and (folder / LINEARIZED_WEIGHTS).is_file():
+            weights_path = folder / LINEARIZED_WEIGHTS  # a FusionBench L-LoRA export (peru_core.llora)
         if not weights_path.is_file():
             if (folder / "adapter_model.bin").is_file():
                 raise PeruError(f"Adapter folder {folder} holds adapter_model.bin, a pickle; save it with "
@@ -469,7 +486,8 @@ def load_lora_adapter(src: Union[str, os.PathLike, tuple[bytes, bytes]], *, name
             raise ValueError
     except (ValueError, UnicodeDecodeError):
         raise PeruError(f"Adapter {name}: {ADAPTER_CONFIG} is not a JSON object; save the adapter again.") from None
-    tensors = load_state_dict(weights, name=f"{name}/{ADAPTER_WEIGHTS}")
+    file_name = ADAPTER_WEIGHTS if isinstance(src, tuple) else Path(weights).name
+    tensors = load_state_dict(weights, name=f"{name}/{file_name}")
     return parse_adapter(config, tensors, name=name, prefix=prefix, base_keys=base_keys)
 
 

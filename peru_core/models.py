@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-# open_clip and huggingface_hub read these at import time; the app never downloads anything.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import open_clip
+import torch
+import torch.nn.functional as F
 
-import open_clip  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from peru_core.errors import PeruError  # noqa: E402
+from peru_core.errors import PeruError
 
 _CONFIG_DIR: Optional[Path] = None
 _REGISTERED: dict[str, str] = {}  # name -> canonical JSON of the config registered under it

@@ -35,13 +35,13 @@ class SparseReuse:
     """
 
     def __init__(self, shared: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.Tensor],
-                 scope: str = "global", *, device: DeviceLike = None):
+                 scope: str = "global", *, device: DeviceLike = None, count: str = "round"):
         check_scope(scope)  # before the difference vector is formed
         self.shared = shared
         self.layout = Layout.of(finetuned)
         dtype = work_dtype(self.layout.dtypes[0]) if self.layout.dtypes else torch.float32
         diff = flat_difference(finetuned, shared, self.layout, dtype=dtype)
-        self.selector = TopM(diff, self.layout, scope, device=device)
+        self.selector = TopM(diff, self.layout, scope, device=device, count=count)  # count: see sparse.COUNTS
 
     def task_part(self, keep: float) -> SparseDelta:
         """The sparse task-specific part at ``keep`` percent (values + flat indices; see ``SparseDelta``)."""
@@ -74,15 +74,16 @@ def shared_model(base: StateDict, finetuned: Sequence[StateDict], mode: str, *, 
 
 
 def post_pruning(base: StateDict, finetuned: StateDict, keep: float, scope: str = "global", *,
-                 device: DeviceLike = None) -> StateDict:
-    """``theta_0 + top-m%(theta_t - theta_0)`` for one task."""
-    return SparseReuse(base, finetuned, scope, device=device).model(keep)
+                 device: DeviceLike = None, count: str = "round") -> StateDict:
+    """``theta_0 + top-m%(theta_t - theta_0)`` for one task (``count``: the top-m% convention, sparse.COUNTS)."""
+    return SparseReuse(base, finetuned, scope, device=device, count=count).model(keep)
 
 
 def peru_fft(merged: StateDict, finetuned: StateDict, keep: float, scope: str = "global", *,
-             device: DeviceLike = None) -> StateDict:
-    """``theta_star + top-m%(theta_t - theta_star)`` for one task (``merged`` = theta_star)."""
-    return SparseReuse(merged, finetuned, scope, device=device).model(keep)
+             device: DeviceLike = None, count: str = "round") -> StateDict:
+    """``theta_star + top-m%(theta_t - theta_star)`` for one task (``merged`` = theta_star; ``count``: the top-m%
+    convention, sparse.COUNTS)."""
+    return SparseReuse(merged, finetuned, scope, device=device, count=count).model(keep)
 
 
 class LoraReuse:
@@ -95,6 +96,11 @@ class LoraReuse:
     def task_part(self, rank: int) -> dict[str, LowRank]:
         """Rank-``rank`` factors per target weight, in the base's dtype (what a user stores per task)."""
         return truncate_adapter(self.svds, rank, dtype=self._dtype())
+
+    def kept_ranks(self, rank: int) -> dict[str, int]:
+        """The rank each matrix keeps at q = ``rank``: ``min(q, its product's rank)`` (mixed-rank adapters are
+        clamped per matrix)."""
+        return {k: min(int(rank), s.rank) for k, s in self.svds.items()}
 
     def _dtype(self) -> torch.dtype:
         return next(iter(self.base[k].dtype for k in self.svds), torch.float32)
@@ -113,11 +119,3 @@ class LoraReuse:
 def peru_lora(base: StateDict, adapter: LoraAdapter, rank: int) -> StateDict:
     """``theta_0 + rank-q truncation of each LoRA product`` for one task."""
     return LoraReuse(base, adapter).model(rank)
-
-
-def lowrank_to_tensors(parts: Mapping[str, LowRank]) -> dict[str, torch.Tensor]:
-    """Factors to save: ``<key>.U``, ``<key>.S``, ``<key>.Vh`` per target weight."""
-    out: dict[str, torch.Tensor] = {}
-    for k, lr in parts.items():
-        out[f"{k}.U"], out[f"{k}.S"], out[f"{k}.Vh"] = lr.U.contiguous(), lr.S.contiguous(), lr.Vh.contiguous()
-    return out

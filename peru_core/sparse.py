@@ -9,6 +9,9 @@ Conventions (where the paper is silent):
   m=100 keeps everything;
 * exactly ``k`` entries are kept: ties at the threshold go to the lower flat index (layout order, then element
   order), so results are deterministic;
+* ``count="int+1"`` instead keeps ``int(d * m / 100) + 1`` entries plus every tie at the threshold (every ``|v| >=``
+  the (int(d m) + 1)-th largest), the TIES authors' ``topk_values_mask`` (FusionBench's too), so a table computed
+  with that code can be matched; m=0 then keeps the largest entry and its ties;
 * a :class:`TopM` partitions ``|v|`` once for the largest m it is asked for (``numpy.partition``, linear time), sorts
   only that slice, and then every smaller m is a prefix of the same arrays (no work per m). On a GPU it instead
   sorts ``|v|`` once with a stable descending sort (a radix sort there; the same order, ties to the lower index).
@@ -29,7 +32,8 @@ from peru_core.statedict import CHUNK, Layout, flatten, unflatten, work_dtype
 from peru_core.types import StateDict
 
 SCOPES = ("global", "per-tensor")
-FORMAT = "peru-sparse-v1"
+COUNTS = ("round", "int+1")  # top-m% conventions: ours (exact count) and the TIES authors' code (int + 1, all ties)
+FORMAT = "peru-sparse-v2"  # v2: values + mask or indices (v1: indices)
 _LOW = np.uint64(0xFFFFFFFF)
 
 
@@ -48,6 +52,12 @@ def check_scope(scope: str) -> str:
     if scope not in SCOPES:
         raise PeruError(f"Unknown scope {scope!r}; use one of: {', '.join(SCOPES)}.")
     return scope
+
+
+def check_count(count: str) -> str:
+    if count not in COUNTS:
+        raise PeruError(f"Unknown top-m% count convention {count!r}; use one of: {', '.join(COUNTS)}.")
+    return count
 
 
 def keep_count(d: int, keep: float) -> int:
@@ -170,31 +180,83 @@ class SparseDelta:
         return unflatten(flat, self.layout)
 
     def stored_dtype(self) -> torch.dtype:
-        """The checkpoint dtype values are stored in (float32 when tensors differ)."""
-        ds = set(self.layout.dtypes)
-        return ds.pop() if len(ds) == 1 else torch.float32
+        """The checkpoint dtype values are stored in (see :func:`part_dtype`)."""
+        return part_dtype(self.layout.dtypes)
 
-    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """Tensors and metadata for :func:`peru_core.io.save_state_dict`: ascending ``indices`` (int32 when they
-        fit) and ``values`` in the stored dtype."""
+    def to_tensors(self, dtype: Optional[torch.dtype] = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Tensors and metadata of the task-part file (``docs/task_part_format.md``): ``values`` in ascending flat
+        position, in ``dtype`` (default: the stored dtype), and where they go as the cheaper of a packed bitmask
+        (``mask``) and ``indices`` (int32 when d < 2**31); no positions when every value is kept."""
         order = np.argsort(self.indices, kind="stable")
         idx = self.indices[order]
-        idx = idx.astype(np.int32) if self.d < 2**31 else idx
-        tensors = {"indices": torch.from_numpy(idx),
-                   "values": torch.from_numpy(self.values[order]).to(self.stored_dtype())}
-        meta = {"format": FORMAT, "keep": repr(self.keep), "scope": self.scope,
-                "layout": json.dumps(self.layout.to_json())}
-        return tensors, meta
+        enc = encoding(self.d, self.nnz)
+        tensors = {"values": torch.from_numpy(np.ascontiguousarray(self.values[order])).to(
+            dtype or self.stored_dtype())}
+        if enc == "mask":
+            bits = np.zeros(self.d, dtype=bool)
+            bits[idx] = True
+            tensors["mask"] = torch.from_numpy(np.packbits(bits))  # bit i: byte i // 8, bit 7 - i % 8
+        elif enc == "indices":
+            tensors["indices"] = torch.from_numpy(idx).to(index_dtype(self.d))
+        return tensors, part_metadata(self.layout, self.nnz, self.keep, self.scope)
 
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> "SparseDelta":
-        """Inverse of :meth:`to_tensors` (read the file with ``io.load_state_dict`` + ``io.load_metadata``)."""
-        if metadata.get("format") != FORMAT or "indices" not in tensors or "values" not in tensors:
-            raise PeruError("This file is not a PERU sparse task part; save one with `reuse` or the Export page.")
+        """Inverse of :meth:`to_tensors` (read the file with ``io.load_state_dict`` + ``io.load_metadata``); also
+        reads ``peru-sparse-v1`` files (int indices only)."""
+        fmt = metadata.get("format")
+        if fmt not in (FORMAT, "peru-sparse-v1") or "values" not in tensors or "layout" not in metadata:
+            raise PeruError("This file is not a PERU sparse task part; save one with `reuse` or the Merge lab.")
         layout = Layout.from_json(json.loads(metadata["layout"]))
         values = tensors["values"].to(work_dtype(tensors["values"].dtype)).numpy()
-        return cls(layout, tensors["indices"].numpy().astype(np.int64), values, float(metadata["keep"]),
-                   metadata["scope"])
+        enc = metadata.get("encoding", "indices")
+        if enc == "mask":
+            idx = np.flatnonzero(np.unpackbits(tensors["mask"].numpy(), count=layout.size)).astype(np.int64)
+        elif enc == "dense":
+            idx = np.arange(layout.size, dtype=np.int64)
+        else:
+            idx = tensors["indices"].numpy().astype(np.int64)
+        if idx.size != values.size:
+            raise PeruError("This sparse task part is corrupt (positions and values differ in number); "
+                            "export it again.")
+        return cls(layout, idx, values, float(metadata["keep"]), metadata["scope"])
+
+
+def part_dtype(dtypes: Iterable[torch.dtype]) -> torch.dtype:
+    """The dtype a sparse part stores its values in: the checkpoint's when all tensors share one, else float32."""
+    ds = set(dtypes)
+    return ds.pop() if len(ds) == 1 else torch.float32
+
+
+def index_dtype(d: int) -> torch.dtype:
+    """Flat positions of a d-value vector: int32 when they fit, else int64."""
+    return torch.int32 if d < 2**31 else torch.int64
+
+
+def encoding(d: int, nnz: int) -> str:
+    """How a part with ``nnz`` of ``d`` values says where they go: ``dense`` (all kept: no positions), ``mask``
+    (ceil(d / 8) bytes) when strictly smaller than the indices, else ``indices``."""
+    if nnz == d and d > 0:
+        return "dense"
+    idx_bytes = torch.empty(0, dtype=index_dtype(d)).element_size()
+    return "mask" if math.ceil(d / 8) < idx_bytes * nnz else "indices"
+
+
+def part_entries(d: int, nnz: int, dtype: torch.dtype) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """The tensors (name, dtype, shape) of a sparse task-part file, as :meth:`SparseDelta.to_tensors` writes them."""
+    enc = encoding(d, nnz)
+    out = [("values", dtype, (nnz,))]
+    if enc == "mask":
+        out.append(("mask", torch.uint8, (math.ceil(d / 8),)))
+    elif enc == "indices":
+        out.append(("indices", index_dtype(d), (nnz,)))
+    return out
+
+
+def part_metadata(layout: Layout, nnz: int, keep: float, scope: str) -> dict[str, str]:
+    """The metadata strings of a sparse task-part file (format, encoding, m, scope, layout)."""
+    return {"format": FORMAT, "encoding": encoding(layout.size, nnz), "keep": repr(float(keep)), "scope": scope,
+            "layout": json.dumps(layout.to_json())}
 
 
 class TopM:
@@ -205,9 +267,10 @@ class TopM:
     """
 
     def __init__(self, vector: torch.Tensor, layout: Layout, scope: str = "global", *,
-                 scratch: Optional[np.ndarray] = None, device: DeviceLike = None):
+                 scratch: Optional[np.ndarray] = None, device: DeviceLike = None, count: str = "round"):
         if vector.dim() != 1 or vector.numel() != layout.size:
             raise ValueError("vector must be flat and match the layout")
+        self.count = check_count(count)  # "int+1": the TIES authors' convention, selected by threshold (see above)
         # optional work buffer (at least layout.size values of the vector's dtype) reused across selectors, so a
         # sweep over many tasks does not page-fault a fresh |v| copy per task
         self.layout, self.scope = layout, check_scope(scope)
@@ -222,10 +285,10 @@ class TopM:
 
     @classmethod
     def of(cls, task_vector: Mapping[str, torch.Tensor], scope: str = "global", *,
-           device: DeviceLike = None) -> "TopM":
+           device: DeviceLike = None, count: str = "round") -> "TopM":
         """From a state dict of differences (copied into one flat work-dtype vector)."""
         layout = Layout.of(task_vector)
-        return cls(flatten(task_vector, layout), layout, scope, device=device)
+        return cls(flatten(task_vector, layout), layout, scope, device=device, count=count)
 
     def _segments(self) -> list[tuple[int, int]]:
         if self.scope == "global":
@@ -247,9 +310,11 @@ class TopM:
             self._order, self._vals = top_segments_torch(self.vector, segs, want, self.device)
 
     def select(self, keep: float) -> SparseDelta:
-        """The top-``keep``% entries (exactly ``keep_count`` per segment)."""
+        """The top-``keep``% entries (exactly ``keep_count`` per segment; ``count="int+1"``: see the module)."""
         keep = check_keep(keep)
         segs = self._segments()
+        if self.count == "int+1":
+            return self._select_int_plus_one(keep, segs)
         counts = [keep_count(e - s, keep) for s, e in segs]
         if any(k < e - s and (not self._k or k > self._k[i]) for i, (k, (s, e)) in enumerate(zip(counts, segs))):
             self.prepare(keep)
@@ -262,17 +327,28 @@ class TopM:
             return SparseDelta(self.layout, idx[0], val[0], keep, self.scope)
         return SparseDelta(self.layout, np.concatenate(idx), np.concatenate(val), keep, self.scope)
 
+    def _select_int_plus_one(self, keep: float, segs: Segments) -> SparseDelta:
+        """Every ``|v| >=`` the (int(d m / 100) + 1)-th largest, per segment (linear time: one partition, one scan)."""
+        idx = []
+        for s, e in segs:
+            n = min(e - s, int((e - s) * (keep / 100.0)) + 1)
+            if n:
+                idx.append(_candidates(self._x[s:e], kth_largest_abs(self._x[s:e], n, scratch=self._scratch)) + s)
+        pos = np.concatenate(idx) if idx else np.empty(0, np.int64)
+        return SparseDelta(self.layout, pos, self._x[pos], keep, self.scope)
+
     def sweep(self, keeps: Iterable[float]) -> Iterator[tuple[float, SparseDelta]]:
         """``(m, top-m%)`` for every m, after one preparation for the largest."""
         keeps = [check_keep(m) for m in keeps]
-        if keeps:
+        if keeps and self.count == "round":  # "int+1" selects by threshold, with nothing to prepare
             self.prepare(max(m for m in keeps if m < 100) if any(m < 100 for m in keeps) else 0.0)
         for m in keeps:
             yield m, self.select(m)
 
 
 def top_m(task_vector: Mapping[str, torch.Tensor], keep: float, scope: str = "global", *,
-          device: DeviceLike = None) -> SparseDelta:
+          device: DeviceLike = None, count: str = "round") -> SparseDelta:
     """Keep the top-``keep``% entries of ``task_vector`` by magnitude (``global`` or ``per-tensor``); the selection
-    runs on ``device`` (default: the GPU when there is one)."""
-    return TopM.of(task_vector, scope, device=device).select(keep)
+    runs on ``device`` (default: the GPU when there is one). ``count``: ``round`` (ours) or ``int+1`` (the TIES
+    authors' ``topk_values_mask``)."""
+    return TopM.of(task_vector, scope, device=device, count=count).select(keep)

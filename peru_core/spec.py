@@ -26,6 +26,17 @@ class Mode(str, Enum):
 class Source(str, Enum):
     FULL = "full"  # full fine-tunes
     LORA = "lora"  # LoRA fine-tunes (PEFT adapters)
+    # L-LoRA (Tang et al., ICLR 2024, https://arxiv.org/abs/2310.04742): LoRA fine-tuned in its first-order form
+    # around (A_0, B_0). With PEFT's B_0 = 0 that is LoRA with A frozen at A_0, an ordinary PEFT adapter.
+    LLORA = "llora"
+
+    @property
+    def is_adapter(self) -> bool:
+        """LoRA-kind fine-tunes (stored as adapters; PERU-LoRA applies to them)."""
+        return self is not Source.FULL
+
+
+SOURCE_TAGS = {Source.FULL: "", Source.LORA: " [LoRA]", Source.LLORA: " [L-LoRA]"}
 
 
 class Scope(str, Enum):
@@ -76,10 +87,11 @@ class RunSpec:
         else:
             keep = None
         if mode is Mode.PERU_LORA:
-            if rank is None or int(rank) != rank or int(rank) < 0:
-                raise PeruError(f"Rank q={rank} is not valid; give a whole number from 0 up to the LoRA rank.")
+            if rank is None or int(rank) != rank or int(rank) < 1:  # q = 0 keeps nothing: that is Pre-trained
+                raise PeruError(f"Rank q={rank} is not valid; give a whole number from 1 up to the LoRA rank.")
             rank = int(rank)
-            source = Source.LORA
+            if not source.is_adapter:
+                source = Source.LORA  # PERU-LoRA truncates adapters: LoRA unless L-LoRA is asked for
         else:
             rank = None
         if mode is Mode.PRETRAINED:
@@ -110,8 +122,9 @@ class RunSpec:
             base = get_method(self.merge).label
         elif self.mode is Mode.PERU_FFT:
             base = f"PERU-FFT ({get_method(self.merge).label})"
-        if self.source is Source.LORA and self.mode in (Mode.SINGLE_TASK, Mode.MERGE):
-            base += " [LoRA]"
+        if self.mode in (Mode.SINGLE_TASK, Mode.MERGE) or (self.mode is Mode.PERU_LORA and
+                                                             self.source is Source.LLORA):
+            base += SOURCE_TAGS[self.source]
         return base
 
     @property

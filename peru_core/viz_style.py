@@ -28,6 +28,20 @@ _MERGES: tuple[tuple[str, str, str], ...] = (
     ("average", "#7f7f7f", "pentagon"),
     ("mean", "#7f7f7f", "pentagon"),
 )
+# the rest of the field: checked BEFORE _MERGES (so "DARE + TIES" is not TIES), numbered after them (so the paper's
+# merges keep their order and PERU-FFT shades)
+_FIELD: tuple[tuple[str, str, str], ...] = (
+    ("dare + task", "#6baed6", "circle-cross"),
+    ("dare + ties", "#c5b0d5", "diamond-cross"),
+    ("breadcrumbs", "#8c6d31", "star-triangle-up"),
+    ("magmax", "#e7ba52", "hourglass"),
+    ("consensus", "#393b79", "circle-x"),
+    ("lines", "#5254a3", "bowtie"),
+    ("model stock", "#637939", "star-square"),
+    ("tsv-m", "#ad494a", "hexagram"),
+    ("iso-cts", "#7b4173", "octagon"),
+    ("iso-c", "#a55194", "cross"),
+)
 # PERU-FFT keeps the inner merge's marker and takes a warm shade, so "PERU-FFT (X)" reads as "X, plus task parts".
 _PERU_FFT_SHADES = ("#d62728", "#ff7f0e", "#e377c2", "#bcbd22", "#a0522d", "#ff9896")
 _FIXED: dict[str, Style] = {
@@ -45,6 +59,9 @@ def _spare(label: str) -> str:
 
 
 def _merge_style(low: str) -> tuple[int, str, str] | None:
+    for j, (kw, color, symbol) in enumerate(_FIELD):
+        if kw in low:
+            return len(_MERGES) + j, color, symbol
     for i, (kw, color, symbol) in enumerate(_MERGES):
         if kw in low:
             return i, color, symbol
@@ -54,13 +71,17 @@ def _merge_style(low: str) -> tuple[int, str, str] | None:
 def style(family: str) -> Style:
     """The colour, marker and legend position of a method family (``RunSpec.method_label``)."""
     low = family.lower()
-    lora = "[lora]" in low
-    base = low.replace("[lora]", "").strip()
+    # the fine-tune kind keeps the method's colour and changes the marker: LoRA open, L-LoRA dotted
+    llora = "[l-lora]" in low
+    lora = "[lora]" in low or llora
+    fill = "-dot" if llora else "-open"
+    base = low.replace("[lora]", "").replace("[l-lora]", "").strip()
     if base in _FIXED:
         s = _FIXED[base]
-        return Style(s.color, s.symbol + ("-open" if lora else ""), s.rank + (1 if lora else 0))
+        return Style(s.color, s.symbol + (fill if lora else ""), s.rank + (1 if lora else 0))
     if base.startswith("peru-lora"):
-        return _FIXED["peru-lora"]
+        s = _FIXED["peru-lora"]
+        return Style(s.color, s.symbol + ("-open" if llora else ""), s.rank + (1 if llora else 0))
     if base.startswith("peru-fft"):
         found = _merge_style(base)
         i = found[0] if found else len(_MERGES)
@@ -69,8 +90,8 @@ def style(family: str) -> Style:
     found = _merge_style(base)
     if found:
         i, color, symbol = found
-        return Style(color, symbol + ("-open" if lora else ""), 10 + 2 * i + (1 if lora else 0))
-    return Style(_spare(family), "circle-open" if lora else "circle", 30)
+        return Style(color, symbol + (fill if lora else ""), 10 + 2 * i + (1 if lora else 0))
+    return Style(_spare(family), "circle" + (fill if lora else ""), 30)
 
 
 def color_map(families: Iterable[str]) -> dict[str, str]:
@@ -86,3 +107,27 @@ def symbol_map(families: Iterable[str]) -> dict[str, str]:
 def ordered(families: Iterable[str]) -> list[str]:
     """Families in legend order (references first, merges, Post-Pruning, PERU-FFT, PERU-LoRA); ties by name."""
     return sorted(set(families), key=lambda f: (style(f).rank, f))
+
+
+# Class colours (t-SNE panels) and line colours (spectra): 20 colours picked greedily, each the farthest (CIEDE2000)
+# from the white background and the ones before it, from a 16-level sRGB grid with CIELAB lightness 25-75 (visible
+# on white), starting from red. Any two of the first 10 differ by >= 28 Delta-E 2000, of all 20 by >= 21 (plotly's
+# Dark24 has 10 and 8.7: its classes 1/4 and 7/9 look alike). tests/core/test_viz_readability.py checks this.
+CLASS_COLORS: tuple[str, ...] = (
+    "#d62728", "#005500", "#006699", "#dd55ff", "#44bb00", "#dd9900", "#662266", "#00bbbb", "#664400", "#88aaff",
+    "#998888", "#ff9977", "#667766", "#0000ff", "#004444", "#ff4488", "#554444", "#888800", "#7766aa", "#aabb99",
+)
+_CLASS_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "x", "cross", "star")
+_DASHES = ("solid", "dash", "dot", "dashdot")
+
+
+def class_symbols(n: int) -> list[str]:
+    """Marker of each of ``n`` classes: circles for the first 20, then a new marker per round of colours, so no two
+    classes share both colour and marker."""
+    return [_CLASS_SYMBOLS[(i // len(CLASS_COLORS)) % len(_CLASS_SYMBOLS)] for i in range(n)]
+
+
+def distinct_colors(n: int) -> tuple[list[str], list[str]]:
+    """Colour and line dash of each of ``n`` lines: the 20 class colours solid, then again dashed, dotted, ..."""
+    return ([CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(n)],
+            [_DASHES[(i // len(CLASS_COLORS)) % len(_DASHES)] for i in range(n)])

@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
 
-from harness import chromium, key, open_page, screenshot, streamlit_server, wait_idle  # noqa: E402
+from harness import chromium, key, open_page, screenshot, streamlit_server, wait_idle, wait_jobs  # noqa: E402
 
 PAGES = [  # (url path, file name, buttons to press in order, key of what must be there before the shot)
     ("", "home", [], "home_bars"),
@@ -48,11 +48,12 @@ def main() -> int:
             open_page(page, url, path)
             for b in buttons:
                 button = page.locator(f"{key(b)} button")
-                if button.count() and button.first.is_enabled():
+                button.first.wait_for(timeout=600_000)  # the page may still be loading the zoo
+                if button.first.is_enabled():
                     button.first.click()
                     wait_idle(page, started=3.0, timeout=600)
             page.wait_for_selector(key(ready), timeout=600_000)
-            wait_idle(page, started=0.5, timeout=600)
+            wait_jobs(page, timeout=600)  # computations run as jobs: the page shows results once they end
             page.wait_for_timeout(1500)  # let plotly finish drawing
             screenshot(page, args.out / f"{name}.png")
             print(f"{name}: {time.monotonic() - t:.1f} s -> {args.out / (name + '.png')}", flush=True)

@@ -1,10 +1,13 @@
 """Shared fixtures: a tiny real zoo (built once per session) and an isolated PERU_HOME per test."""
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# No test downloads anything: hf:// references resolve from caches the tests build (tests/core/hub_cache.py).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 from tiny_zoo import build_tiny_zoo  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""A tiny but real zoo for tests: a 8-px open_clip CLIP, two tasks, full fine-tunes and PEFT LoRA adapters.
+"""A tiny but real zoo for tests: a 8-px open_clip CLIP, two tasks, full fine-tunes, PEFT LoRA and L-LoRA adapters.
 
 Built in seconds on the CPU; every file is written by the same libraries as the demo zoo (safetensors, peft).
 """
@@ -31,6 +31,24 @@ def _images(task: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np
     return x, y.astype(np.int64)
 
 
+def _llora_adapter(base: dict, targets: list[str], rank: int, seed: int, out: Path) -> None:
+    """An L-LoRA fine-tune as PEFT saves it: A at its default (Kaiming) initialisation A_0, only B moved from 0."""
+    from peft import LoraConfig, get_peft_model
+
+    from peru_core.models import create_clip
+
+    torch.manual_seed(seed + 7)
+    m = create_clip(ARCH, TINY_CONFIG)
+    m.load_state_dict(base)
+    peft_model = get_peft_model(m, LoraConfig(r=rank, lora_alpha=rank, target_modules=targets))
+    g = torch.Generator().manual_seed(seed + 11)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    peft_model.save_pretrained(str(out))
+
+
 def build_tiny_zoo(root: Path, seed: int = 0, lora_rank: int = 4) -> Path:
     """Write a complete zoo folder (zoo.json + checkpoints + adapters + data) under ``root`` and return it."""
     from peft import LoraConfig, get_peft_model
@@ -60,12 +78,14 @@ def build_tiny_zoo(root: Path, seed: int = 0, lora_rank: int = 4) -> Path:
         peft_model = get_peft_model(m, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules=targets,
                                                   init_lora_weights=False))
         peft_model.save_pretrained(str(root / "lora" / name))
+        _llora_adapter(base, targets, lora_rank, seed * 100 + j, root / "llora" / name)
         (root / "data").mkdir(exist_ok=True)
         for split, n in (("test", 24), ("val", 12)):
             x, y = _images(name, n, rng)
             np.savez(root / "data" / f"{name}_{split}.npz", x=x, y=y)
         tasks.append({"name": name, "label": name.title(), "classes": classes,
                       "finetuned": f"finetuned/{name}.safetensors", "lora": f"lora/{name}",
+                      "llora": f"llora/{name}",
                       "test": {"kind": "npz", "path": f"data/{name}_test.npz"},
                       "validation": {"kind": "npz", "path": f"data/{name}_val.npz"},
                       "synthetic": True})

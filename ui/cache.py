@@ -1,19 +1,25 @@
 """Cached wrappers: one ZooRuntime per (zoo folder, content hash, device); result frames keyed by spec keys.
 
 ``st.cache_resource`` holds the runtime (a model and checkpoints: shared, never modified); ``st.cache_data`` holds
-small results (DataFrames). Tensors never key a cache: the zoo's content hash and the spec keys do.
+small results (DataFrames). Tensors never key a cache: the zoo's content hash and the spec keys do. Computations run
+as jobs (:mod:`ui.jobs`): queued one at a time across users, cancellable, and not lost on a reload.
 """
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import streamlit as st
 
+from peru_core.errors import PeruError
 from peru_core.spec import RunSpec
 from peru_core.store import ResultsStore
 from peru_core.zoo.manifest import Zoo, load_zoo
+from ui import jobs
 
 
 def _signature(zoo: Zoo) -> tuple:
@@ -75,19 +81,70 @@ def results(rt, specs: Sequence[RunSpec], content_hash: str) -> pd.DataFrame:
     return _frame(content_hash, tuple(sp.key() for sp in specs), rt)
 
 
-def compute(rt, specs: Sequence[RunSpec], what: str = "Computing") -> pd.DataFrame:
-    """Compute (and store) the specs with a progress bar; the experiments module serialises GPU work."""
+def job_key(rt, specs: Sequence[RunSpec]) -> str:
+    """The identity of the job that computes ``specs`` on this zoo (a page asks for the same key after a reload)."""
+    return "specs:" + rt.content_hash + ":" + "|".join(sorted(sp.key() for sp in specs))
+
+
+def submit(rt, specs: Sequence[RunSpec], what: str, key: str | None = None) -> jobs.Job:
+    """Start computing (and storing) ``specs`` as a background job, or join the one already doing it.
+
+    ``key`` names the job (default: :func:`job_key` of ``specs``): pages pass the key of everything they show, so
+    the same view finds its job again after a reload, while only the missing settings are computed."""
     from peru_core import experiments
 
+    specs = list(specs)
+    return jobs.jobs().submit(key or job_key(rt, specs), what, lambda progress: experiments.run_specs(
+        rt, specs, store=store(), on_progress=progress))
+
+
+def compute(rt, specs: Sequence[RunSpec], what: str = "Computing") -> pd.DataFrame:
+    """Compute (and store) the specs, waiting with a progress bar (queued behind other users' jobs, and said so).
+
+    The work runs as a job: if this session goes away (a reload), it still finishes and is stored."""
+    job = submit(rt, specs, what)
     bar = st.progress(0.0, text=f"{what}…")
-
-    def on_progress(fraction: float, message: str) -> None:
-        bar.progress(min(max(fraction, 0.0), 1.0), text=f"{what}: {message}")
-
+    # the same key on every run: a press reruns the page, which finds the button pressed before it waits again
+    slot = st.empty()
+    if slot.button("Cancel", key="cancel_" + hashlib.sha1(job.key.encode()).hexdigest()[:10],
+                   icon=":material/cancel:", help="Stops after the task being evaluated; what is finished stays."):
+        job.cancel()
     try:
-        return experiments.run_specs(rt, list(specs), store=store(), on_progress=on_progress)
+        while not job.wait(0.25):
+            bar.progress(job.fraction, text=jobs.label(job))
     finally:
         bar.empty()
+        slot.empty()
+    if job.state != jobs.DONE:
+        raise PeruError(job.error or f"{what} was cancelled; nothing partial was stored. Start it again.")
+    return job.result
+
+
+class Bounded:
+    """A small thread-safe LRU (computed embeddings: a few MB each), shared by every session."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self.lock:
+            if key not in self.items:
+                return None
+            self.items.move_to_end(key)
+            return self.items[key]
+
+    def put(self, key: Any, value: Any) -> None:
+        with self.lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+@st.cache_resource(show_spinner=False)
+def embeddings() -> Bounded:
+    """t-SNE panels computed on this server, by configuration (the last 64)."""
+    return Bounded(64)
 
 
 def clear_all() -> None:

@@ -1,4 +1,5 @@
-"""Downloads: the results as CSV, and the shared model plus every task's part as safetensors."""
+"""Downloads: the results as CSV (accuracy in %, 2 decimals), and the shared model plus every task's part as
+safetensors: the very files whose sizes the page reports (formats: docs/task_part_format.md)."""
 from __future__ import annotations
 
 import re
@@ -7,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from peru_core.spec import RunSpec
+from peru_core.table import results_csv
 from peru_core.viz import fmt_bytes
 
 
@@ -18,8 +20,9 @@ def downloads(rt, spec: RunSpec, df: pd.DataFrame, prefix: str) -> None:
     """A CSV of ``df`` at once; the safetensors of ``spec`` (built by ``experiments.artifacts``) on request,
     kept for this session until the setting changes."""
     st.subheader("Downloads")
-    cols = st.columns([1, 1, 2])
-    cols[0].download_button("Results (CSV)", df.to_csv(index=False).encode(), file_name=f"{_slug(spec.label)}.csv",
+    row = st.container(horizontal=True, vertical_alignment="center")  # buttons as wide as their text
+    cols = [row, row, row]
+    cols[0].download_button("Results (CSV)", results_csv(df).encode(), file_name=f"{_slug(spec.label)}.csv",
                             mime="text/csv", key=f"{prefix}_csv", on_click="ignore")
     slot = f"_{prefix}_artifacts"
     held = st.session_state.get(slot)

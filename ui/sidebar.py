@@ -46,7 +46,25 @@ class Context:
         return cache.runtime(str(self.zoo.root), self.zoo_hash, self.device)
 
 
-def _pick_root() -> Path | None:
+def folder_root(text: str) -> Path | str:
+    """The zoo a typed folder names: a path on this server (``~`` expanded; a typed ``.../zoo.json`` means its
+    folder), or the string itself when it is a URL-like reference (``hf://...``) for the core loader to resolve.
+    Raises a one-sentence PeruError when the folder does not exist."""
+    text = text.strip()
+    if "://" in text:
+        return text
+    p = Path(text).expanduser()
+    if p.is_file() and p.name == "zoo.json":
+        return p.parent
+    if not p.exists():
+        raise PeruError(f"Folder {text} does not exist; type the path of a zoo folder on this server (one that "
+                        "holds zoo.json).")
+    if not p.is_dir():
+        raise PeruError(f"{text} is a file, not a folder; type the folder that holds zoo.json.")
+    return p
+
+
+def _pick_root() -> Path | str | None:
     sb = st.sidebar
     kind = state.kept(sb.radio, "Zoo", key=state.ZOO_KIND, options=list(KINDS), format_func=KINDS.get, index=0)
     if kind == "folder":
@@ -55,7 +73,7 @@ def _pick_root() -> Path | None:
         if not folder.strip():
             sb.info("Type the path of a folder that holds a zoo.json.")
             return None
-        return Path(folder.strip()).expanduser()
+        return folder_root(folder)
     if kind == "uploaded":
         zoos = uploaded_zoos()
         if not zoos:
@@ -72,7 +90,10 @@ def context(required: bool = True) -> Context | None:
     for path, label, icon in NAV:  # our own links: the built-in list would call Home "app"
         st.sidebar.page_link(path, label=label, icon=icon)
     st.sidebar.divider()
-    root = _pick_root()
+    try:
+        root = _pick_root()
+    except PeruError as e:
+        root = e
     devices = available_devices()
     device = state.kept(st.sidebar.selectbox, "Device", key=state.DEVICE, options=devices, index=0,
                         help="Where merges and evaluations run: the GPU when there is one, else the CPU.")
@@ -82,6 +103,8 @@ def context(required: bool = True) -> Context | None:
             st.stop()
         return None
     try:
+        if isinstance(root, PeruError):
+            raise root
         zoo = cache.zoo_at(root)
         ctx = Context(zoo, cache.zoo_hash(zoo), device)
     except PeruError as e:

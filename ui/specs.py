@@ -4,13 +4,14 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 from peru_core.merging import get_method
-from peru_core.spec import RunSpec
+from peru_core.spec import SOURCE_TAGS, RunSpec, Source
 from peru_core.zoo.manifest import Zoo
 from ui.widgets import usable_methods
 
 REUSE_MODES = {
     "full": {"merge": "None (the merge alone)", "post-pruning": "Post-Pruning", "peru-fft": "PERU-FFT"},
     "lora": {"merge": "None (the merge alone)", "peru-lora": "PERU-LoRA"},
+    "llora": {"merge": "None (the merge alone)", "peru-lora": "PERU-LoRA"},
 }
 DEFAULT_KEEPS = (1.0, 5.0, 10.0, 20.0, 40.0)
 KEEP_GRID = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0)
@@ -21,16 +22,28 @@ def references(source: str) -> list[RunSpec]:
     return [RunSpec.make("pretrained"), RunSpec.make("single-task", source)]
 
 
-def lab(source: str, merge: str, params: Mapping[str, Any], mode: str, keep: Optional[float],
+MERGE_MODES = ("merge", "peru-fft")  # the reuse modes whose shared model is a merge (the others ignore it)
+
+
+def uses_merge(mode: str) -> bool:
+    """Whether ``mode`` depends on the merge method and its parameters (Post-Pruning and PERU-LoRA start from
+    the pre-trained model)."""
+    return mode in MERGE_MODES
+
+
+def lab(source: str, merge: Optional[str], params: Mapping[str, Any], mode: str, keep: Optional[float],
         rank: Optional[int], scope: str) -> list[RunSpec]:
-    """The Merge lab's rows: references, the merge alone, and the chosen reuse on top (when any)."""
-    specs = references(source) + [RunSpec.make("merge", source, merge, params)]
+    """The Merge lab's rows: references, the merge (when the mode builds on it), and the chosen reuse; the last
+    row is the chosen setting. A setting the mode ignores changes nothing here (so nothing looks uncomputed)."""
+    specs = references(source)
+    if uses_merge(mode):
+        specs.append(RunSpec.make("merge", source, merge, params))
     if mode == "post-pruning":
         specs.append(RunSpec.make("post-pruning", source, keep=keep, scope=scope))
     elif mode == "peru-fft":
         specs.append(RunSpec.make("peru-fft", source, merge, params, keep=keep, scope=scope))
     elif mode == "peru-lora":
-        specs.append(RunSpec.make("peru-lora", "lora", rank=rank))
+        specs.append(RunSpec.make("peru-lora", source, rank=rank))
     return specs
 
 
@@ -43,7 +56,7 @@ def method_options(source: str, zoo: Zoo) -> dict[str, str]:
         out.update({f"peru-fft:{m.name}": f"PERU-FFT ({m.label})" for m in merges})
     else:
         out["peru-lora"] = "PERU-LoRA"
-    out.update({f"merge:{m.name}": m.label + (" [LoRA]" if source == "lora" else "") for m in merges})
+    out.update({f"merge:{m.name}": m.label + SOURCE_TAGS[Source(source)] for m in merges})
     return out
 
 
@@ -73,7 +86,7 @@ def sweep(source: str, methods: Sequence[str], keeps: Sequence[float], ranks: Se
         elif kind == "peru-fft":
             specs += [RunSpec.make("peru-fft", source, merge, params, keep=k, scope=scope) for k in keeps]
         elif kind == "peru-lora":
-            specs += [RunSpec.make("peru-lora", "lora", rank=q) for q in ranks]
+            specs += [RunSpec.make("peru-lora", source, rank=q) for q in ranks]
         elif kind == "merge":
             specs.append(RunSpec.make("merge", source, merge, params))
     return list(dict.fromkeys(specs))
@@ -88,7 +101,7 @@ def default_panels(source: str, zoo: Zoo) -> list[str]:
     """The paper's Figure 3 (merges, Post-Pruning, PERU-FFT) or Figure 4 (merges, PERU-LoRA), with the merges that
     need no statistics (Fisher and RegMean first compute them on validation data: offered, not preselected)."""
     opts = method_options(source, zoo)
-    merges = [o for o in opts if o.startswith("merge:") and not get_method(o[6:]).needs and o != "merge:average"]
+    merges = [o for o in opts if o.startswith("merge:") and o[6:] in ("task_arithmetic", "ties")]  # Figure 3's
     return merges + (["post-pruning", "peru-fft:task_arithmetic"] if source == "full" else ["peru-lora"])
 
 
@@ -104,4 +117,4 @@ def panel(option: str, source: str, keep: float, rank: int) -> RunSpec:
         return RunSpec.make("post-pruning", source, keep=keep)
     if kind == "peru-fft":
         return RunSpec.make("peru-fft", source, merge, params, keep=keep)
-    return RunSpec.make("peru-lora", "lora", rank=rank)
+    return RunSpec.make("peru-lora", source, rank=rank)

@@ -10,16 +10,16 @@ from peru_core.merging import MergeMethod, Param, get_method, list_methods
 from peru_core.zoo.manifest import Zoo
 from ui import state
 
-SOURCES = {"full": "Full fine-tunes", "lora": "LoRA fine-tunes"}
+SOURCES = {"full": "Full fine-tunes", "lora": "LoRA fine-tunes", "llora": "L-LoRA fine-tunes"}
 DEFAULT_MERGE = "task_arithmetic"
 
 
 def slider_step(p: Param) -> float:
-    """The registry's step, 1 for integers, else a round step giving ~100 positions over [low, high]."""
+    """The registry's step; else 1 for integers and a round step giving ~100 positions over [low, high]."""
+    if p.step:
+        return int(p.step) if p.integer else p.step
     if p.integer:
         return 1
-    if p.step:
-        return p.step
     span = p.high - p.low
     return 10.0 ** math.floor(math.log10(span / 100.0)) if span > 0 else 1.0
 
@@ -30,8 +30,9 @@ def param_sliders(prefix: str, method: MergeMethod) -> dict[str, Any]:
     for p in method.params:
         cast = int if p.integer else float
         values[p.name] = state.kept(
-            st.slider, p.name, key=state.param_key(prefix, method.name, p.name), min_value=cast(p.low),
-            max_value=cast(p.high), value=cast(p.default), step=cast(slider_step(p)), help=p.help)
+            st.slider, p.title, key=state.param_key(prefix, method.name, p.name), min_value=cast(p.low),
+            max_value=cast(p.high), value=cast(p.default), step=cast(slider_step(p)), format=p.value_format,
+            help=f"{p.help[:1].upper()}{p.help[1:]} (`{p.name}` on the command line).")
     return values
 
 
@@ -58,7 +59,7 @@ def _help(methods: list[MergeMethod]) -> str:
 
 
 def source_picker(key: str, rt) -> str:
-    """Full or LoRA fine-tunes (only the kinds every task of the zoo has)."""
+    """Full, LoRA or L-LoRA fine-tunes (only the kinds every task of the zoo has)."""
     from peru_core.experiments import available_sources
 
     have = [s.value for s in available_sources(rt)]
@@ -73,12 +74,12 @@ def source_picker(key: str, rt) -> str:
 
 def keep_slider(key: str) -> float:
     """The m% slider (step 1: arrow keys move it one percent)."""
-    return float(state.kept(st.slider, "m: top-m% kept per task", key=key, min_value=0.0, max_value=100.0, value=10.0,
-                            step=1.0, format="%.0f%%",
+    return float(state.kept(st.slider, "Kept per task m (% of entries)", key=key, min_value=0.0, max_value=100.0,
+                            value=10.0, step=1.0, format="%.0f%%",
                             help="Percent of the entries of each task's vector kept, largest magnitudes first."))
 
 
-def rank_slider(key: str, rank: int, value: int = 4, label: str = "q: rank kept per LoRA matrix") -> int:
+def rank_slider(key: str, rank: int, value: int = 4, label: str = "Rank kept q (of r per LoRA matrix)") -> int:
     """The q slider in [1, r]."""
     rank = max(int(rank), 1)
     if rank == 1:
@@ -88,9 +89,10 @@ def rank_slider(key: str, rank: int, value: int = 4, label: str = "q: rank kept 
                           help="Singular values (and vectors) kept of each LoRA product B A."))
 
 
-def lora_rank(rt) -> int:
-    """The largest LoRA rank r among the zoo's adapters (0 when it has none)."""
+def lora_rank(rt, source: str = "lora") -> int:
+    """The largest rank r among the zoo's adapters of ``source`` ("lora" or "llora"; 0 when it has none)."""
     from peru_core.experiments import available_sources, lora_rank as rank
     from peru_core.spec import Source
 
-    return rank(rt) if Source.LORA in available_sources(rt) else 0
+    src = Source(source)
+    return rank(rt, src) if src.is_adapter and src in available_sources(rt) else 0

@@ -3,8 +3,11 @@
     python -m peru_core reuse --base B --finetuned T1 T2 ... --mode peru-fft --merge task_arithmetic \
         --param lam=0.3 --keep 10 [--scope global|per-tensor] [--prefix visual.] --out DIR
 
-Writes ``DIR/<stem>.safetensors`` per task (the reconstructed task model, same keys as its input) and
-``DIR/report.json`` (the paper's parameter counts and honest bytes). PERU: https://arxiv.org/abs/2310.01886
+Writes ``DIR/<stem>.safetensors`` per task (the reconstructed task model, same keys as its input), what a user
+stores instead: ``DIR/parts/shared_model.safetensors`` (theta_0 or theta_star over the fine-tuned keys) and
+``DIR/parts/<stem>.safetensors`` (each task's sparse part, ``docs/task_part_format.md``), and ``DIR/report.json``
+(the paper's parameter counts, and bytes equal to the sizes of the files in ``parts/``).
+PERU: https://arxiv.org/abs/2310.01886
 """
 from __future__ import annotations
 
@@ -12,15 +15,16 @@ import argparse
 import json
 from pathlib import Path
 
-from peru_core.accounting import dtype_bytes, sparse_accounting
+from peru_core.accounting import reuse_accounting, safetensors_bytes, state_dict_entries
 from peru_core.commands.merge import add_common, load_inputs, parse_params
 from peru_core.device import resolve_device
 from peru_core.errors import PeruError
 from peru_core.io import atomic_dir, save_state_dict
 from peru_core.merging import get_method
 from peru_core.reuse import MODES, SparseReuse, shared_model
-from peru_core.sparse import SCOPES, check_keep
-from peru_core.statedict import nbytes, numel
+from peru_core.sparse import SCOPES, check_keep, part_dtype
+from peru_core.statedict import numel
+from peru_core.taskpart import sparse_part, sparse_part_bytes
 
 
 def add_parser(subparsers) -> None:
@@ -34,6 +38,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--scope", default="global", choices=SCOPES, help="top-m%% over the whole vector or per tensor")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
+
+
+SHARED_FILE = "shared_model.safetensors"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,25 +57,34 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)  # before reading gigabytes
     out = atomic_dir(args.out)  # checks --out, also before reading
     base, finetuned, names = load_inputs(args.base, args.finetuned, args.prefix)
+    if any(f"{n}.safetensors" == SHARED_FILE for n in names):
+        raise PeruError(f"A fine-tune named {SHARED_FILE} would overwrite the shared model's file; rename it.")
     shared = shared_model(base, finetuned, args.mode, merge=args.merge, params=params, device=device)
-    rows, nnz = [], []
+    meta = {"mode": args.mode, **({"merge": args.merge} if args.mode == "peru-fft" else {})}
+    rows, nnz, part_bytes = [], [], []
     with out as tmp:
+        save_state_dict(shared, tmp / "parts" / SHARED_FILE, metadata=meta)
+        shared_bytes = safetensors_bytes(state_dict_entries(shared), meta)
         for name, path, ft in zip(names, args.finetuned, finetuned):
             reuse = SparseReuse(shared, ft, args.scope, device=device)
             part = reuse.task_part(keep)
             save_state_dict(part.apply(shared), tmp / f"{name}.safetensors",
                             metadata={"mode": args.mode, "keep": repr(keep), "scope": args.scope})
+            dtype = part_dtype(part.layout.dtypes)
+            tensors, part_meta = sparse_part(part, dtype, meta)
+            save_state_dict(tensors, tmp / "parts" / f"{name}.safetensors", metadata=part_meta)
             nnz.append(part.nnz)
-            rows.append({"task": name, "input": str(path), "output": f"{name}.safetensors", "kept": part.nnz})
+            part_bytes.append(sparse_part_bytes(part.layout, part.nnz, keep, args.scope, dtype, meta))
+            rows.append({"task": name, "input": str(path), "output": f"{name}.safetensors",
+                         "part": f"parts/{name}.safetensors", "kept": part.nnz})
             del reuse, part
         d = numel(finetuned[0])
-        value_bytes = dtype_bytes(next(iter(finetuned[0].values())).dtype)
-        acc = sparse_accounting(args.mode, numel(base), nbytes(base), d, nnz, value_bytes)
+        acc = reuse_accounting(args.mode, numel(shared), shared_bytes, nnz, part_bytes)
         for row, p, b in zip(rows, acc.task_params, acc.task_bytes):
             row.update(task_params=p, task_bytes=b)
         report = {"mode": args.mode, "merge": args.merge if args.mode == "peru-fft" else None, "params": params,
-                  "keep": keep, "scope": args.scope, "prefix": args.prefix, "d": d, "tasks": rows,
-                  "accounting": acc.to_dict()}
+                  "keep": keep, "scope": args.scope, "prefix": args.prefix, "d": d,
+                  "shared": f"parts/{SHARED_FILE}", "tasks": rows, "accounting": acc.to_dict()}
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {len(rows)} task models and report.json to {Path(args.out)}")
+    print(f"wrote {len(rows)} task models, their parts and report.json to {Path(args.out)}")
     return 0

@@ -16,7 +16,8 @@ from peru_core.merging.registry import MergeContext, Param, merge_method
 from peru_core.statedict import tuned_keys, work_dtype
 from peru_core.types import Progress, StateDict, report
 
-SAMPLES = Param("samples", 256, 16, 1024, "validation images per task for the statistics", step=16, integer=True)
+SAMPLES = Param("samples", 256, 16, 1024, "validation images per task for the statistics", step=16, integer=True,
+                label="Validation samples per task", unit="images")
 
 
 def fisher_merge(finetuned: Sequence[StateDict], fishers: Sequence[Mapping[str, torch.Tensor]]) -> StateDict:

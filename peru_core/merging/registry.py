@@ -3,8 +3,9 @@
 Usage (one file per method in ``peru_core/merging/``)::
 
     @merge_method("ties", label="TIES-Merging", paper="https://arxiv.org/abs/2306.01708",
-                  params=(Param("k", 20.0, 1.0, 100.0, "percent of each task vector kept"),
-                          Param("lam", 1.0, 0.0, 3.0, "scale of the merged task vector")))
+                  params=(Param("k", 20.0, 1.0, 100.0, "percent of each task vector kept", step=1.0,
+                                label="Kept k", unit="%"),
+                          Param("lam", 1.0, 0.0, 3.0, "scale of the merged task vector", label="Scaling λ")))
     def ties(base, finetuned, *, k, lam, context=None, on_progress=None, device=None): ...
 
 Methods that need a model and data (Fisher, RegMean) declare ``needs=("fisher",)`` or ``("grams",)`` and receive a
@@ -33,8 +34,26 @@ class Param:
     low: float
     high: float
     help: str
-    step: float = 0.0  # 0: let the UI choose; integers use 1
+    step: float = 0.0  # 0: let the UI choose; integers default to 1
     integer: bool = False
+    label: str = ""  # what a reader sees ("Scaling λ"); the name when empty
+    unit: str = ""  # "%", "images", "×" ...: shown with the label and the value
+
+    @property
+    def title(self) -> str:
+        """The label with its unit, e.g. ``Kept k (%)`` (the CLI keeps the short ``name``)."""
+        label = self.label or self.name
+        return f"{label} ({self.unit})" if self.unit else label
+
+    @property
+    def value_format(self) -> str:
+        """A printf format for the value with its unit (``%d%%``, ``%.2f×``, ``%d images``)."""
+        unit = {"%": "%%", "": ""}.get(self.unit, (" " if self.unit[:1].isalpha() else "") + self.unit)
+        if self.integer:
+            return "%d" + unit
+        step = self.step or (self.high - self.low) / 100.0
+        digits = 0 if float(step).is_integer() else max(0, min(4, len(f"{step:g}".split(".")[-1])))
+        return f"%.{digits}f" + unit
 
     def check(self, value: Any) -> float | int:
         """Coerce and range-check ``value``; raise a one-sentence PeruError when it is out of range."""
@@ -77,6 +96,9 @@ class MergeMethod:
     fn: MergeFn
     needs: tuple[str, ...] = ()  # statistics from a MergeContext: "fisher", "grams"
     summary: str = ""
+    # bump when a change alters this method's output: stored results keyed by the old version are recomputed
+    # (see peru_core.engine and docs/engine.md, "Engine versions")
+    version: str = "1"
 
     def defaults(self) -> dict[str, float | int]:
         return {p.name: p.default for p in self.params}
@@ -106,14 +128,16 @@ _REGISTRY: dict[str, MergeMethod] = {}
 
 
 def merge_method(name: str, *, label: str, paper: str, params: tuple[Param, ...] = (),
-                 needs: tuple[str, ...] = (), summary: str = "") -> Callable[[MergeFn], MergeFn]:
-    """Register ``fn(base, finetuned, *, context, on_progress, device, **params) -> merged state dict``."""
+                 needs: tuple[str, ...] = (), summary: str = "", version: str = "1") -> Callable[[MergeFn], MergeFn]:
+    """Register ``fn(base, finetuned, *, context, on_progress, device, **params) -> merged state dict``;
+    ``version``: bump it whenever a change alters the method's output."""
 
     def wrap(fn: MergeFn) -> MergeFn:
         if name in _REGISTRY:
             raise RuntimeError(f"merge method {name!r} registered twice")
         doc_first = ((fn.__doc__ or "").strip().splitlines() or [""])[0]
-        _REGISTRY[name] = MergeMethod(name, label, paper, tuple(params), fn, tuple(needs), summary or doc_first)
+        _REGISTRY[name] = MergeMethod(name, label, paper, tuple(params), fn, tuple(needs), summary or doc_first,
+                                      str(version))
         return fn
 
     return wrap

@@ -57,7 +57,8 @@ def regmean_merge(finetuned: Sequence[StateDict], grams: Sequence[Mapping[str, t
 
 
 @merge_method("regmean", label="RegMean", paper="https://arxiv.org/abs/2212.09849",
-              params=(Param("alpha", 0.95, 0.0, 1.0, "scale of the Gram matrices' off-diagonal entries", step=0.05),
+              params=(Param("alpha", 0.95, 0.0, 1.0, "scale of the Gram matrices' off-diagonal entries", step=0.05,
+                            label="Off-diagonal scale α"),
                       SAMPLES),
               needs=("grams",), summary="Per linear layer, the least-squares fit to every model's outputs on its inputs.")
 def regmean(base: StateDict, finetuned: Sequence[StateDict], *, alpha: float, samples: int,

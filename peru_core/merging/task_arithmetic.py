@@ -27,7 +27,7 @@ def task_arithmetic_merge(base: StateDict, finetuned: Sequence[StateDict], lam: 
 
 
 @merge_method("task_arithmetic", label="Task Arithmetic", paper="https://arxiv.org/abs/2212.04089",
-              params=(Param("lam", 0.3, 0.0, 2.0, "scale of the summed task vectors", step=0.05),),
+              params=(Param("lam", 0.3, 0.0, 2.0, "scale of the summed task vectors", step=0.05, label="Scaling λ"),),
               summary="Add the scaled sum of the task vectors to the base.")
 def task_arithmetic(base: StateDict, finetuned: Sequence[StateDict], *, lam: float,
                     context: Optional[MergeContext] = None, on_progress: Progress = None,

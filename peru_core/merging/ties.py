@@ -12,7 +12,8 @@ a merge PERU-FFT can build on (https://arxiv.org/abs/2310.01886).
 
 Zero elected sign (the trimmed values cancel exactly, or none was kept): the merged entry is 0, i.e. the base
 value is kept. (The reference code falls back to the sign of the sum of all elected signs; we do not, so the
-result does not depend on entries elsewhere in the model.)
+result does not depend on entries elsewhere in the model.) Other tools' conventions (trim count, zero sign, trim
+scope, disjoint sum) are options of :func:`ties_merge`: see :mod:`peru_core.merging.ties_conventions`.
 
 Speed: thresholds by one in-place ``numpy.partition`` per task on a reused buffer (one ``topk`` on a GPU), then
 one fused pass over chunks that keeps four running sums (trimmed values, magnitudes, signs, non-zeros) instead of
@@ -29,6 +30,7 @@ import torch
 
 from peru_core.device import DeviceLike, resolve_device
 from peru_core.merging.registry import MergeContext, Param, merge_method
+from peru_core.merging.ties_conventions import DEFAULT as DEFAULT_CONVENTION, ties_merge_convention
 from peru_core.sparse import keep_count
 from peru_core.statedict import FUSED_CHUNK as CHUNK, Layout, flat_difference, tuned_keys, work_dtype
 from peru_core.types import Progress, StateDict, report
@@ -61,9 +63,17 @@ def ties_thresholds(base: StateDict, finetuned: Sequence[StateDict], k: float, k
 
 
 def ties_merge(base: StateDict, finetuned: Sequence[StateDict], k: float, lam: float, *,
-               on_progress: Progress = None, device: DeviceLike = None) -> StateDict:
+               on_progress: Progress = None, device: DeviceLike = None, trim_count: str = "round",
+               zero_sign: str = "base", scope: str = "global", aggregate: str = "mean") -> StateDict:
     """TIES-Merging of ``finetuned`` onto ``base`` (``k`` percent kept per task, scale ``lam``), computed on
-    ``device`` (default: the GPU when there is one); the result is in host memory."""
+    ``device`` (default: the GPU when there is one); the result is in host memory.
+
+    ``trim_count``, ``zero_sign``, ``scope`` and ``aggregate`` select other tools' conventions (FusionBench, the TIES
+    authors' code, mergekit; table and named presets in :mod:`peru_core.merging.ties_conventions`); the defaults
+    are ours and take the fused path below."""
+    convention = {"trim_count": trim_count, "zero_sign": zero_sign, "scope": scope, "aggregate": aggregate}
+    if convention != DEFAULT_CONVENTION:
+        return ties_merge_convention(base, finetuned, k, lam, on_progress=on_progress, device=device, **convention)
     device = resolve_device(device)
     keys = tuned_keys(base, finetuned)
     # ``threshold_`` keeps a > t: the float32 just below each threshold turns that into |v| >= threshold
@@ -114,8 +124,9 @@ def ties_merge(base: StateDict, finetuned: Sequence[StateDict], k: float, lam: f
 
 
 @merge_method("ties", label="TIES-Merging", paper="https://arxiv.org/abs/2306.01708",
-              params=(Param("k", 20.0, 0.0, 100.0, "percent of each task vector kept (trim)", step=1.0),
-                      Param("lam", 1.0, 0.0, 3.0, "scale of the merged task vector", step=0.05)),
+              params=(Param("k", 20.0, 0.0, 100.0, "percent of each task vector kept (trim)", step=1.0, label="Kept k",
+                            unit="%"),
+                      Param("lam", 1.0, 0.0, 3.0, "scale of the merged task vector", step=0.05, label="Scaling λ")),
               summary="Trim each task vector, elect a sign per entry, average the agreeing entries.")
 def ties(base: StateDict, finetuned: Sequence[StateDict], *, k: float, lam: float,
          context: Optional[MergeContext] = None, on_progress: Progress = None, device: DeviceLike = None) -> StateDict:

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                    "missing, read when present (for machines without the data packages)")
     b.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a recipe field, e.g. finetune.lr=0.01 or pretrain.steps=600 (for experiments)")
-    r = sub.add_parser("report", help="print pre-trained / fine-tuned / LoRA / Task Arithmetic accuracy of a zoo")
+    r = sub.add_parser("report", help="print pre-trained / fine-tuned / LoRA / L-LoRA / Task Arithmetic accuracy "
+                       "of a zoo, and every merge per kind")
     r.add_argument("zoo", nargs="?", type=Path, default=DEMO_ZOO)
     r.add_argument("--device", default=None)
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """Rebuild the demo zoo: ``python -m peru_core.zoo build [--out DIR] [--quick]`` (docs/zoo.md has the recipe).
 
 Stages: read the task data (sources.py, synthetic.py) and split it; pre-train a small open_clip CLIP contrastively on
-the seen classes (pretrain.py); per task, fine-tune the image tower fully and with LoRA (finetune.py); evaluate;
+the seen classes (pretrain.py); per task, fine-tune the image tower fully, with LoRA and with L-LoRA (finetune.py); evaluate;
 write checkpoints, adapters, test and validation arrays and ``zoo.json`` (validated with manifest.py). Everything is
 seeded and runs with deterministic algorithms, so a rebuild with the same thread count gives the same bytes.
 The zoo reproduces the setting of PERU (https://arxiv.org/abs/2310.01886) at toy scale.
@@ -42,7 +42,11 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 @dataclass(frozen=True)
 class BuildConfig:
     seed: int = 0
-    seen_fraction: float = 0.6
+    # v2 recipe (docs/zoo.md, issue 13): pre-training sees every class, but only as 7 px images scaled back to 28 px
+    # (a low-resolution domain); fine-tuning adapts to full resolution, a change task vectors share and that adds up
+    seen_fraction: float = 1.0  # share of each task's classes in the pre-training pool (v1: 0.6)
+    pool_per_class: int = 0  # at most this many training images per (task, class) in the pool; 0: all
+    pool_resolution: int = 7  # pool images box-downscaled to this many pixels and back; 0: as they are (v1)
     test_size: int = 1000
     val_size: int = 256
     synthetic_train: int = 4000
@@ -55,7 +59,7 @@ class BuildConfig:
     @staticmethod
     def quick() -> "BuildConfig":
         """A few minutes' build for iterating: fewer steps and synthetic images, same format."""
-        return BuildConfig(synthetic_train=1500, pretrain=PretrainConfig(steps=200),
+        return BuildConfig(synthetic_train=1500, pretrain=PretrainConfig(steps=150),
                            finetune=FinetuneConfig(steps=60))
 
 
@@ -93,7 +97,7 @@ def split(raw: sources.RawTask, cfg: BuildConfig) -> Split:
     n_test = min(cfg.test_size, len(y) // 4)
     n_val = min(cfg.val_size, len(y) // 6)
     k = len(raw.classes)
-    n_seen = min(k - 1, max(1, round(cfg.seen_fraction * k)))
+    n_seen = min(k, max(1, round(cfg.seen_fraction * k)))
     key = raw.seen_key or raw.name  # tasks naming the same classes see the same ones
     seen = sorted(np.random.default_rng(cfg.seed + zlib.crc32(key.encode())).permutation(k)[:n_seen].tolist())
     return Split(raw, (x[n_test + n_val:], y[n_test + n_val:]), (x[n_test:n_test + n_val], y[n_test:n_test + n_val]),
@@ -114,11 +118,30 @@ def concepts(splits: list[Split]) -> tuple[dict[tuple[str, str], int], list[list
     return ids, caps
 
 
-def _pool(splits: list[Split], ids: dict[tuple[str, str], int], caps: list[list[str]]) -> Captioned:
+def _degrade(x: np.ndarray, resolution: int) -> np.ndarray:
+    """Box-downscale uint8 images to ``resolution`` px and scale back bilinearly (the pool's low-res domain)."""
+    from PIL import Image
+
+    size = x.shape[-1]
+    return np.stack([np.asarray(Image.fromarray(a).resize((resolution, resolution), Image.BOX)
+                                .resize((size, size), Image.BILINEAR)) for a in x]).astype(np.uint8)
+
+
+def _pool(splits: list[Split], ids: dict[tuple[str, str], int], caps: list[list[str]],
+          cfg: Optional[BuildConfig] = None) -> Captioned:
+    cfg = cfg or BuildConfig()
     xs, cs, ts = [], [], []
     for t, s in enumerate(splits):
         x, y = s.train
         keep = np.isin(y, s.seen)
+        if cfg.pool_per_class:  # the training split is already shuffled: keep the first images of each class
+            rank = np.zeros(len(y), dtype=np.int64)
+            for c in np.unique(y):
+                rank[y == c] = np.arange(int((y == c).sum()))
+            keep &= rank < cfg.pool_per_class
+        if cfg.pool_resolution:
+            x = x.copy()
+            x[keep] = _degrade(x[keep], cfg.pool_resolution)
         concept = np.array([ids[(s.raw.seen_key or s.raw.name, s.raw.classes[i])] for i in y], dtype=np.int64)
         xs.append(x[keep])
         cs.append(concept[keep])
@@ -153,7 +176,7 @@ def build(out: Path, cfg: Optional[BuildConfig] = None, on_progress: Progress = 
     model = create_clip(ARCH, MODEL_CONFIG, "cpu").to(cfg.device)  # same initial weights on any device
     tok = get_tokenizer(ARCH)
     t = time.perf_counter()
-    losses = pretrain(model, tok, _pool(splits, ids, caps), caps, list(range(len(caps))),
+    losses = pretrain(model, tok, _pool(splits, ids, caps, cfg), caps, list(range(len(caps))),
                       MODEL_CONFIG["vision_cfg"]["image_size"], MEAN, STD, cfg.pretrain,
                       lambda f, m: report(on_progress, 0.45 * f, m))
     times["pretrain_s"] = time.perf_counter() - t
@@ -173,10 +196,12 @@ def build(out: Path, cfg: Optional[BuildConfig] = None, on_progress: Progress = 
         tuned = finetune_full(model, head, *s.train, size, MEAN, STD, ft_cfg)
         save_file(tuned, str(d / "finetuned.safetensors"))
         finetune_lora(model, head, *s.train, size, MEAN, STD, ft_cfg, cfg.lora, d / "lora")
+        # L-LoRA: same targets, rank, alpha and seed (so the same A_0 as the LoRA fine-tune), A frozen, B trained
+        finetune_lora(model, head, *s.train, size, MEAN, STD, ft_cfg, cfg.lora, d / "llora", linearized=True)
         rel = f"tasks/{r.name}"
         tasks_json.append({
             "name": r.name, "label": r.label, "classes": list(r.classes), "templates": list(r.templates),
-            "finetuned": f"{rel}/finetuned.safetensors", "lora": f"{rel}/lora",
+            "finetuned": f"{rel}/finetuned.safetensors", "lora": f"{rel}/lora", "llora": f"{rel}/llora",
             "test": {"kind": "npz", "path": f"{rel}/{_save_npz(d / 'test.npz', s.test)}"},
             "validation": {"kind": "npz", "path": f"{rel}/{_save_npz(d / 'validation.npz', s.val)}"},
             "synthetic": r.synthetic, "source": r.source, "license": r.license,
@@ -186,7 +211,7 @@ def build(out: Path, cfg: Optional[BuildConfig] = None, on_progress: Progress = 
 
     raw = {"format": 1, "name": "demo", "architecture": ARCH, "model_config": MODEL_CONFIG,
            "description": "PERU Studio demo zoo: a 0.8M-parameter ViT CLIP pre-trained here, 8 small image tasks, "
-                          "full and LoRA fine-tunes of the image tower (see docs/zoo.md).",
+                          "full, LoRA and L-LoRA fine-tunes of the image tower (see docs/zoo.md).",
            "base": "base.safetensors", "tuned_prefix": "visual.", "image_mean": list(MEAN), "image_std": list(STD),
            "tasks": tasks_json,
            "build": {"config": asdict(cfg), "pretrain_loss_first_last": [losses[0], losses[-1]],
@@ -195,7 +220,7 @@ def build(out: Path, cfg: Optional[BuildConfig] = None, on_progress: Progress = 
     zoo = parse_manifest(tmp, raw)  # the format check the app will run
     report(on_progress, 0.9, "evaluating")
     t = time.perf_counter()
-    raw["build"]["metrics"] = evaluate_zoo(zoo, cfg.device)
+    raw["build"]["metrics"] = evaluate_zoo(zoo, cfg.device, merges=False)  # every merge: `report` and the sweep
     times["evaluate_s"] = time.perf_counter() - t
     times["total_s"] = time.perf_counter() - t0
     raw["build"]["timings"] = {k: round(v, 1) for k, v in times.items()}

@@ -30,6 +30,7 @@ class FinetuneConfig:
     clip: float = 1.0
     warmup: int = 15
     seed: int = 0
+    tune: str = ""  # comma-separated name fragments of the image-tower tensors to tune (e.g. "attn"); "": all
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class LoraConfigSpec:
     rank: int = 16
     alpha: float = 16.0
     lr: float = 0.1  # LoRA factors start at B = 0 and need a larger step than full weights
+    llora_lr: float = 0.3  # L-LoRA: only B trains (A frozen), so it takes a larger step; 0: the same as LoRA
 
 
 def warmup_cosine(step: int, base: float, warmup: int, steps: int) -> float:
@@ -72,8 +74,11 @@ def finetune_full(model: torch.nn.Module, head: torch.Tensor, x: np.ndarray, y: 
     """Fine-tune every image-tower parameter of a copy of ``model``; return its ``prefix`` tensors."""
     m = copy.deepcopy(model)
     m.requires_grad_(False)
-    m.visual.requires_grad_(True)
-    _train(m, list(m.visual.parameters()), head, x, y, image_size, mean, std, cfg, cfg.lr)
+    parts = [p for p in cfg.tune.split(",") if p]
+    params = [p for n, p in m.visual.named_parameters() if not parts or any(q in n for q in parts)]
+    for p in params:
+        p.requires_grad_(True)
+    _train(m, params, head, x, y, image_size, mean, std, cfg, cfg.lr)
     return {k: v.detach().cpu().clone().contiguous() for k, v in m.state_dict().items() if k.startswith(prefix)}
 
 
@@ -88,9 +93,16 @@ def lora_targets(model: torch.nn.Module) -> list[str]:
 
 
 def finetune_lora(model: torch.nn.Module, head: torch.Tensor, x: np.ndarray, y: np.ndarray, image_size: int,
-                  mean, std, cfg: FinetuneConfig, lora: LoraConfigSpec, out_dir: Path) -> torch.nn.Module:
+                  mean, std, cfg: FinetuneConfig, lora: LoraConfigSpec, out_dir: Path,
+                  linearized: bool = False) -> torch.nn.Module:
     """LoRA fine-tune of a copy of ``model`` with PEFT; writes PEFT's adapter files into ``out_dir`` and returns the
-    PEFT model (for evaluation)."""
+    PEFT model (for evaluation).
+
+    ``linearized``: L-LoRA (Tang et al., ICLR 2024, https://arxiv.org/abs/2310.04742), LoRA linearized around its
+    initialisation (A_0, B_0). PEFT starts from B_0 = 0, so the first-order model
+    ``W_0 x + (B_0 A_0 + dB A_0 + B_0 dA) x`` is ``W_0 x + dB A_0 x``: LoRA with ``lora_A`` frozen at A_0 and only
+    ``lora_B`` trained. The result is an ordinary PEFT adapter, evaluated with the ordinary forward.
+    """
     from peft import LoraConfig, get_peft_model
 
     m = copy.deepcopy(model)
@@ -99,8 +111,13 @@ def finetune_lora(model: torch.nn.Module, head: torch.Tensor, x: np.ndarray, y: 
     config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=0.0, bias="none",
                         target_modules=lora_targets(m))
     peft_model = get_peft_model(m, config)
+    if linearized:
+        for n, p in peft_model.named_parameters():
+            if "lora_A" in n:
+                p.requires_grad_(False)
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    _train(peft_model.base_model.model, params, head, x, y, image_size, mean, std, cfg, lora.lr)
+    lr = lora.llora_lr if linearized and lora.llora_lr else lora.lr
+    _train(peft_model.base_model.model, params, head, x, y, image_size, mean, std, cfg, lr)
     peft_model.save_pretrained(str(out_dir))
     (out_dir / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template; not part of the adapter
     sort_target_modules(out_dir / "adapter_config.json")

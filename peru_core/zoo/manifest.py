@@ -15,16 +15,20 @@ from typing import Any, Optional
 from peru_core.errors import PeruError
 
 FORMAT_VERSION = 1
-DATA_KINDS = ("npz", "folder")
+DATA_KINDS = ("npz", "folder", "parquet")
 
 
 @dataclass(frozen=True)
 class DataRef:
     """Where a task's images live: ``npz`` (arrays ``x`` uint8 NxHxW[xC] and ``y`` int) or an image ``folder``
-    (one sub-folder per class, named as in ``classes`` or matched by sorted order)."""
+    (one sub-folder per class, named as in ``classes`` or matched by sorted order), or ``parquet`` (a file or a
+    folder of them with an image and an integer label column, e.g. an ``hf://`` dataset; ``split`` picks the
+    files of one split when the folder holds several, see :mod:`peru_core.parquet_data`)."""
 
     kind: str
     path: Path
+    split: str = ""
+    limit: Optional[int] = None  # parquet: read at most this many rows, spread over the set
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class TaskSpec:
     templates: tuple[str, ...]
     finetuned: Optional[Path] = None  # safetensors: the tuned part (keys under Zoo.tuned_prefix)
     lora: Optional[Path] = None  # a PEFT adapter folder
+    llora: Optional[Path] = None  # a PEFT adapter folder of an L-LoRA fine-tune (LoRA with A frozen at A_0)
     test: Optional[DataRef] = None
     validation: Optional[DataRef] = None  # unlabelled use: Fisher / RegMean statistics
     synthetic: bool = False
@@ -74,11 +79,17 @@ class Zoo:
         """Every file the zoo depends on (checkpoints, adapters, data), for hashing."""
         out: list[Path] = [self.root / "zoo.json", self.base]
         for t in self.tasks:
-            for p in (t.finetuned, t.lora, t.test.path if t.test else None,
-                      t.validation.path if t.validation else None):
-                if p is None:
-                    continue
-                out.extend(sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])
+            for p in (t.finetuned, t.lora, t.llora):
+                if p is not None:
+                    out.extend(sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])
+            for ref in (t.test, t.validation):
+                if ref is not None and ref.kind == "parquet":  # that split's files, not the whole dataset
+                    from peru_core.parquet_data import parquet_files
+
+                    out.extend(parquet_files(ref.path, ref.split or "test"))
+                elif ref is not None:
+                    p = ref.path
+                    out.extend(sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])
         return out
 
     def content_hash(self) -> str:
@@ -101,6 +112,10 @@ def _need(obj: dict, key: str, kind: type, where: str) -> Any:
 
 
 def _path(root: Path, rel: str, where: str, *, is_dir: bool = False) -> Path:
+    if rel.startswith("hf://"):  # a Hugging Face reference, resolved through the hub cache (peru_core.hub)
+        from peru_core.zoo.hubrefs import hub_path
+
+        return hub_path(rel, where, is_dir=is_dir)
     p = (root / rel).resolve()
     if not p.exists():
         raise PeruError(f"{where} names {rel!r}, which does not exist under {root}; fix the path or add the file.")
@@ -110,7 +125,7 @@ def _path(root: Path, rel: str, where: str, *, is_dir: bool = False) -> Path:
     return p
 
 
-def _data(root: Path, obj: Any, where: str) -> Optional[DataRef]:
+def _data(root: Path, obj: Any, where: str, split: str = "test") -> Optional[DataRef]:
     if obj is None:
         return None
     if not isinstance(obj, dict):
@@ -118,6 +133,14 @@ def _data(root: Path, obj: Any, where: str) -> Optional[DataRef]:
     kind = _need(obj, "kind", str, where)
     if kind not in DATA_KINDS:
         raise PeruError(f"{where} kind {kind!r} is unknown; use one of {', '.join(DATA_KINDS)}.")
+    if kind == "parquet":  # a file or a folder, local or hf://; only the files of the split are fetched
+        from peru_core.zoo.hubrefs import parquet_path
+
+        split = str(obj.get("split") or split)
+        limit = obj.get("limit")
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise PeruError(f"{where} limit should be a positive number of images, not {limit!r}.")
+        return DataRef(kind, parquet_path(root, _need(obj, "path", str, where), where, split, limit), split, limit)
     return DataRef(kind, _path(root, _need(obj, "path", str, where), where, is_dir=(kind == "folder")))
 
 
@@ -146,20 +169,28 @@ def parse_manifest(root: Path, raw: dict[str, Any]) -> Zoo:
         if name in seen:
             raise PeruError(f"zoo.json names task {name!r} twice; task names must be unique.")
         seen.add(name)
-        classes = tuple(_need(t, "classes", list, tw))
+        test = _data(root, t.get("test"), f"{tw} test")
+        known = None
+        if "classes" in t:
+            classes = tuple(_need(t, "classes", list, tw))
+        else:  # a standard task (peru_core/tasks_data) or a parquet set whose features name the classes
+            from peru_core.zoo.hubrefs import default_classes
+
+            classes, known = default_classes(name, test, tw)
         if len(classes) < 2 or not all(isinstance(c, str) and c for c in classes):
             raise PeruError(f"{tw} needs at least two non-empty class names.")
-        templates = tuple(t.get("templates", default_templates))
+        templates = tuple(t.get("templates", known.templates if known else default_templates))
         if not templates or not all(isinstance(s, str) and "{}" in s for s in templates):
             raise PeruError(f"{tw} prompt templates must each contain '{{}}' where the class name goes.")
         ft = _path(root, t["finetuned"], tw) if t.get("finetuned") else None
         lora = _path(root, t["lora"], tw, is_dir=True) if t.get("lora") else None
-        if ft is None and lora is None:
-            raise PeruError(f"{tw} has neither 'finetuned' nor 'lora'; give at least one checkpoint.")
+        llora = _path(root, t["llora"], tw, is_dir=True) if t.get("llora") else None
+        if ft is None and lora is None and llora is None:
+            raise PeruError(f"{tw} has none of 'finetuned', 'lora' and 'llora'; give at least one checkpoint.")
         tasks.append(TaskSpec(
-            name=name, label=str(t.get("label", name)), classes=classes, templates=templates,
-            finetuned=ft, lora=lora, test=_data(root, t.get("test"), f"{tw} test"),
-            validation=_data(root, t.get("validation"), f"{tw} validation"),
+            name=name, label=str(t.get("label", known.label if known else name)), classes=classes,
+            templates=templates, finetuned=ft, lora=lora, llora=llora, test=test,
+            validation=_data(root, t.get("validation"), f"{tw} validation", "validation"),
             synthetic=bool(t.get("synthetic", False)), source=str(t.get("source", "")),
             license=str(t.get("license", "")),
         ))
@@ -175,7 +206,11 @@ def parse_manifest(root: Path, raw: dict[str, Any]) -> Zoo:
 
 
 def load_zoo(folder: str | Path) -> Zoo:
-    """Read and validate ``folder/zoo.json``."""
+    """Read and validate ``folder/zoo.json``; ``folder`` may be an ``hf://`` reference to a zoo on the hub."""
+    if isinstance(folder, str) and folder.startswith("hf://"):
+        from peru_core.hub import local_path
+
+        folder = local_path(folder, "zoo")
     root = Path(folder)
     mf = root / "zoo.json"
     if not mf.is_file():

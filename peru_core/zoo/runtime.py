@@ -56,7 +56,7 @@ class ZooRuntime:
         self._heads: dict[str, torch.Tensor] = {}
         self._data: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._finetuned: dict[str, StateDict] = {}
-        self._adapters: dict[str, Any] = {}
+        self._adapters: dict[tuple[str, str], Any] = {}
 
     def _tuned(self, key: str) -> bool:
         return key.startswith(self.prefix)
@@ -142,16 +142,19 @@ class ZooRuntime:
             self._finetuned[spec.name] = {k: sd[k].float() for k in self._base}
         return dict(self._finetuned[spec.name])
 
-    def adapter(self, task: TaskRef) -> Any:
-        """The LoRA adapter of ``task`` as read by :func:`peru_core.io.load_lora_adapter` (cached)."""
+    def adapter(self, task: TaskRef, kind: str = "lora") -> Any:
+        """The adapter of ``task`` (``kind`` "lora" or "llora", the manifest's keys) as read by
+        :func:`peru_core.io.load_lora_adapter` (cached). An L-LoRA adapter is an ordinary PEFT adapter."""
         spec = self.spec(task)
-        if spec.name not in self._adapters:
-            if spec.lora is None:
-                raise PeruError(f"Task {spec.name!r} has no LoRA adapter in this zoo; add 'lora' to zoo.json.")
-            adapter = load_lora_adapter(spec.lora, name=spec.name, base_keys=self._base)
+        if (kind, spec.name) not in self._adapters:
+            path = getattr(spec, kind)
+            if path is None:
+                what = "LoRA" if kind == "lora" else "L-LoRA"
+                raise PeruError(f"Task {spec.name!r} has no {what} adapter in this zoo; add {kind!r} to zoo.json.")
+            adapter = load_lora_adapter(path, name=spec.name, base_keys=self._base)
             validate_adapter(self._base, adapter)
-            self._adapters[spec.name] = adapter
-        return self._adapters[spec.name]
+            self._adapters[(kind, spec.name)] = adapter
+        return self._adapters[(kind, spec.name)]
 
     # --- data and heads ----------------------------------------------------------------------------------
     def head(self, task: TaskRef) -> torch.Tensor:

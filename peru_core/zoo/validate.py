@@ -73,12 +73,14 @@ def _checkpoint(path: Path, expected: Shapes, what: str, arch: str) -> Optional[
     return _compare(shapes, expected, what, arch)
 
 
-def _adapter(spec: TaskSpec, zoo: Zoo, shapes: Shapes) -> Optional[str]:
+def _adapter(spec: TaskSpec, zoo: Zoo, shapes: Shapes, kind: str = "lora") -> Optional[str]:
+    """A LoRA or L-LoRA adapter (``kind``, the manifest key): readable, inside the tuned part, shapes that fit."""
     from peru_core.io import load_lora_adapter, validate_adapter
 
-    what = f"The LoRA adapter of task {spec.name!r} ({_name(spec.lora, zoo)})"
+    folder = getattr(spec, kind)
+    what = f"The {'L-LoRA' if kind == 'llora' else 'LoRA'} adapter of task {spec.name!r} ({_name(folder, zoo)})"
     try:
-        adapter = load_lora_adapter(spec.lora, name=f"of task {spec.name!r}", base_keys=shapes)
+        adapter = load_lora_adapter(folder, name=f"of task {spec.name!r}", base_keys=shapes)
     except PeruError as e:
         return str(e)
     outside = [k for k in adapter if not k.startswith(zoo.tuned_prefix)]
@@ -99,6 +101,11 @@ def _data(ref: DataRef, spec: TaskSpec, zoo: Zoo, split: str) -> Optional[str]:
             from peru_core.imagefolder import list_images
 
             list_images(ref.path, spec.classes, limit=1)
+            return None
+        if ref.kind == "parquet":  # footers and the label column only
+            from peru_core.parquet_data import check_parquet
+
+            check_parquet(ref.path, spec.classes, ref.split or split, what=what)
             return None
         with np.load(ref.path, allow_pickle=False) as z:
             if "y" not in z or "x" not in z:
@@ -141,10 +148,11 @@ def zoo_problems(folder: str | Path) -> list[str]:
             p = _checkpoint(spec.finetuned, tuned, what, f"the tuned part {zoo.tuned_prefix!r} of {arch}")
             if p:
                 problems.append(p)
-        if spec.lora is not None:
-            p = _adapter(spec, zoo, expected)
-            if p:
-                problems.append(p)
+        for kind in ("lora", "llora"):
+            if getattr(spec, kind, None) is not None:
+                p = _adapter(spec, zoo, expected, kind)
+                if p:
+                    problems.append(p)
         for split, ref in (("test", spec.test), ("validation", spec.validation)):
             if ref is not None:
                 p = _data(ref, spec, zoo, split)

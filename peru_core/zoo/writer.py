@@ -4,8 +4,9 @@ Checkpoints that already fit (open_clip names, exactly the right keys) are copie
 ``copy=False``. Others are imported into the zoo once: Hugging Face CLIP layouts are renamed to open_clip
 (:mod:`peru_core.hf_clip`), a fine-tune's tensors outside the tuned part are dropped and the tuned tensors it lacks
 (e.g. ``visual.proj`` of a ``CLIPVisionModel``) are taken from the base, and pickles are read by the restricted
-converter only when ``convert_pickles`` is set. PEFT adapters are copied as they are: the loader maps HF module
-names (``q_proj``, ``v_proj``, ...) onto open_clip weights.
+converter only when ``convert_pickles`` is set. PEFT adapters (LoRA and L-LoRA) are copied as they are: the loader
+maps HF module names (``q_proj``, ``v_proj``, ...) onto open_clip weights. With ``copy`` (the default) test and
+validation data are copied too, so the zoo folder is self-contained: every path in its ``zoo.json`` is relative.
 Everything is staged in a temporary folder, validated deeply (:func:`~peru_core.zoo.validate.zoo_problems`), then
 moved into place, ``zoo.json`` last: a failed write leaves the target as it was. PERU: https://arxiv.org/abs/2310.01886
 """
@@ -23,7 +24,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 from peru_core import hf_clip
 from peru_core.errors import PeruError
-from peru_core.io import is_pickle
+from peru_core.hub import is_hub_ref, local_path
+from peru_core.io import LINEARIZED_WEIGHTS, is_pickle
 from peru_core.types import Progress, StateDict, report
 from peru_core.zoo.manifest import FORMAT_VERSION, Zoo, load_zoo
 from peru_core.zoo.validate import Shapes, architecture_shapes, zoo_problems
@@ -35,33 +37,47 @@ class TaskInput:
 
     name: str
     classes: tuple[str, ...]
-    finetuned: Optional[Path] = None  # safetensors (open_clip or HF CLIP names) or, with convert_pickles, a pickle
-    lora: Optional[Path] = None  # folder with adapter_config.json + adapter_model.safetensors
-    test: Optional[Path] = None  # image folder (one sub-folder per class) or .npz with x, y
-    validation: Optional[Path] = None
-    templates: tuple[str, ...] = ()
+    # paths, or hf:// references (strings) resolved through the hub cache
+    finetuned: Optional[Path | str] = None  # safetensors (open_clip or HF CLIP names), or a pickle (convert_pickles)
+    lora: Optional[Path | str] = None  # folder with adapter_config.json + adapter_model.safetensors
+    llora: Optional[Path | str] = None  # the same, of an L-LoRA fine-tune (or FusionBench's linearized export)
+    # image folder (one sub-folder per class), .npz with x, y, parquet file or folder, or an hf:// dataset
+    test: Optional[Path | str | Mapping[str, Any]] = None
+    validation: Optional[Path | str | Mapping[str, Any]] = None
+    templates: tuple[str, ...] = ()  # empty: the zoo's templates
     label: str = ""
-    extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # e.g. source, license
+    synthetic: bool = False
+    source: str = ""
+    license: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # other fields, kept as they are
 
     @classmethod
     def of(cls, obj: "TaskInput | Mapping[str, Any]") -> "TaskInput":
         if isinstance(obj, TaskInput):
             return obj
-        known = {"name", "classes", "finetuned", "lora", "test", "validation", "templates", "label"}
+        known = {"name", "classes", "finetuned", "lora", "llora", "test", "validation", "templates", "label",
+                 "synthetic", "source", "license"}
         kw = {k: v for k, v in obj.items() if k in known and v not in (None, "")}
-        for k in ("finetuned", "lora", "test", "validation"):
-            if k in kw:
+        for k in ("finetuned", "lora", "llora", "test", "validation"):
+            # hf:// references stay strings (Path would collapse "//"); a parquet set may come as a dict
+            if k in kw and not is_hub_ref(kw[k]) and not isinstance(kw[k], Mapping):
                 kw[k] = Path(kw[k]).expanduser()
         classes = kw.get("classes", ())
         if isinstance(classes, str):  # a text box: one class per line, or comma-separated
             classes = [c.strip() for c in re.split(r"[\n,]", classes) if c.strip()]
         kw["classes"] = tuple(classes)
         kw["templates"] = tuple(kw.get("templates", ()))
+        kw["synthetic"] = bool(kw.get("synthetic", False))
         return cls(**kw, extra={k: v for k, v in obj.items() if k not in known})
 
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "task"
+
+
+def _is_parquet(src: Path) -> bool:
+    """A .parquet file, or a folder holding some (an image folder holds none)."""
+    return src.suffix == ".parquet" if src.is_file() else next(src.rglob("*.parquet"), None) is not None
 
 
 def _is_pickle(path: Path) -> bool:
@@ -106,18 +122,20 @@ class _Writer:
         shapes, hf = checkpoint_shapes(path)
         return not hf and set(shapes) == keys
 
-    def place(self, src: Path, rel: str) -> str:
-        """Copy ``src`` to ``rel`` in the zoo (or reference it in place): the manifest path."""
+    def place(self, src: Path, rel: str, ref: Path | str = "") -> str:
+        """Copy ``src`` to ``rel`` in the zoo (or reference it in place): the manifest path. ``ref``: what the user
+        named, kept as the reference when it is an ``hf://`` one (not the cache path it resolved to)."""
         if not self.copy:
-            return str(src.resolve())
+            return str(ref) if is_hub_ref(ref) else str(src.resolve())
         dst = self.staging / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copyfile)(src, dst)
         return rel
 
-    def base(self, src: Path) -> str:
+    def base(self, ref: Path | str) -> str:
+        src = local_path(ref, "file")  # an hf:// reference: the file in the hub cache
         if self._fits(src, set(self.expected)):
-            return self.place(src, "base.safetensors")
+            return self.place(src, "base.safetensors", ref)
         sd = self._read(src)
         self._base = {k: v for k, v in sd.items() if k in self.expected}
         if len(self._base) < len(sd):
@@ -132,11 +150,12 @@ class _Writer:
             self._base = load_state_dict(p)
         return self._base
 
-    def finetuned(self, src: Path, task: str, base_ref: str) -> str:
+    def finetuned(self, ref: Path | str, task: str, base_ref: str) -> str:
+        src = local_path(ref, "file")
         tuned = {k for k in self.expected if k.startswith(self.prefix)}
         rel = f"checkpoints/{_slug(task)}.safetensors"
         if self._fits(src, tuned):
-            return self.place(src, rel)
+            return self.place(src, rel, ref)
         sd = self._read(src)
         kept = {k: v for k, v in sd.items() if k in tuned}
         if not kept:
@@ -150,36 +169,56 @@ class _Writer:
                               "taken from the base, i.e. left unchanged by the fine-tune.")
         return self._save(kept, rel, src)
 
-    def adapter(self, src: Path, task: str) -> str:
+    def adapter(self, ref: Path | str, task: str, kind: str = "lora") -> str:
         from safetensors import safe_open
 
         from peru_core.io import ADAPTER_WEIGHTS, load_lora_adapter
 
+        src = local_path(ref, "adapter")
+
         # readable, and HF module names (q_proj/v_proj...) map onto open_clip: io.parse_adapter calls hf_clip
         load_lora_adapter(src, name=f"of task {task!r}", base_keys=self.expected)
-        with safe_open(str(src / ADAPTER_WEIGHTS), "pt") as f:
+        weights = src / ADAPTER_WEIGHTS if (src / ADAPTER_WEIGHTS).is_file() else src / LINEARIZED_WEIGHTS
+        if weights.name == LINEARIZED_WEIGHTS:
+            self.notes.append(f"{src.name}: a FusionBench L-LoRA export, folded into LoRA factors when loaded "
+                              "(peru_core.llora).")
+        with safe_open(str(weights), "pt") as f:
             if any(hf_clip.is_hf_module(k.split(".lora_")[0]) for k in f.keys()):
                 self.notes.append(f"{src.name}: LoRA on Hugging Face modules, applied to open_clip weights when "
                                   "loaded (q/k/v packed into attn.in_proj_weight).")
-        return self.place(src, f"adapters/{_slug(task)}")
+        return self.place(src, f"{'adapters' if kind == 'lora' else kind}/{_slug(task)}", ref)
+
+    def data(self, src: Optional[Path | str | Mapping[str, Any]], task: str, split: str) -> Optional[dict[str, Any]]:
+        """A test or validation set: copied into ``data/`` (or referenced in place without ``copy``); an ``hf://``
+        dataset stays a reference (its parquet files live in the hub cache). A parquet set may be given as
+        ``{"path": ..., "split": ..., "limit": ...}`` (see :class:`~peru_core.zoo.manifest.DataRef`)."""
+        if src is None:
+            return None
+        if isinstance(src, Mapping):
+            extra = {k: v for k, v in src.items() if k in ("split", "limit") and v is not None}
+            ref = self.data(src["path"], task, split)
+            if extra and ref is not None and ref["kind"] != "parquet":
+                raise PeruError(f"The {split} data of task {task!r} sets {', '.join(extra)}, which only parquet "
+                                "sets have; drop it or give a parquet set.")
+            return {**ref, **extra} if ref is not None else None
+        if is_hub_ref(src):
+            return {"kind": "parquet", "path": str(src)}
+        src = Path(src)
+        what = f"{split} data of task {task!r}"
+        if not src.exists():
+            raise PeruError(f"The {what} {src} does not exist; pick the image folder, parquet set or .npz file.")
+        if not (src.is_dir() or (src.is_file() and src.suffix in (".npz", ".parquet"))):
+            raise PeruError(f"The {what} {src} is neither an image folder, a parquet set nor an .npz file; pick one "
+                            "of those.")
+        kind = "npz" if src.suffix == ".npz" else "parquet" if _is_parquet(src) else "folder"
+        rel = f"data/{_slug(task)}_{split}" + ("" if src.is_dir() else src.suffix)
+        return {"kind": kind, "path": self.place(src, rel)}
 
     def _save(self, sd: StateDict, rel: str, src: Path) -> str:
         from peru_core.io import save_state_dict
 
         save_state_dict(sd, self.staging / rel, metadata={"imported_from": src.name})
         return rel
-
-
-def _data(path: Optional[Path], what: str) -> Optional[dict[str, str]]:
-    if path is None:
-        return None
-    if not path.exists():
-        raise PeruError(f"The {what} {path} does not exist; pick the image folder or .npz file.")
-    if path.is_dir():
-        return {"kind": "folder", "path": str(path.resolve())}
-    if path.is_file() and path.suffix == ".npz":
-        return {"kind": "npz", "path": str(path.resolve())}
-    raise PeruError(f"The {what} {path} is neither an image folder nor an .npz file; pick one of those.")
 
 
 def write_zoo(folder: str | Path, architecture: str, base_path: str | Path,
@@ -190,8 +229,11 @@ def write_zoo(folder: str | Path, architecture: str, base_path: str | Path,
               on_progress: Progress = None) -> Zoo:
     """Write ``folder/zoo.json`` (and imported files) for ``architecture`` (an open_clip name) and return the Zoo.
 
-    Data folders are referenced where they are (absolute paths); checkpoints are copied unless ``copy=False``
-    (then files that already fit are referenced in place; imported ones are always written into the zoo).
+    Every field :func:`~peru_core.zoo.manifest.load_zoo` reads can be given: zoo-wide prompt ``templates`` (a task's
+    own ``templates`` override them), ``image_mean``/``image_std`` (empty: CLIP's), and per task a label, classes,
+    templates, the synthetic flag, source and licence. With ``copy`` (the default) checkpoints, adapters and data
+    are copied into the zoo, which is then self-contained (relative paths only); ``copy=False`` references files
+    that already fit where they are (imported ones are always written into the zoo).
     Raises :class:`PeruError` with the first problem found; nothing is left half-written.
     """
     folder = Path(folder).expanduser().resolve()
@@ -200,29 +242,39 @@ def write_zoo(folder: str | Path, architecture: str, base_path: str | Path,
         raise PeruError("A zoo needs at least one task; add a task with its classes and a checkpoint.")
     if len({_slug(s.name) for s in specs}) < len(specs):
         raise PeruError("Two tasks have the same (or a too similar) name; give every task a distinct name.")
+    if len(image_mean) != len(image_std):
+        raise PeruError(f"image_mean has {len(image_mean)} values but image_std {len(image_std)}; give one per "
+                        "colour channel (3) in both, or neither.")
     report(on_progress, 0.0, f"building {architecture} on the meta device")
     expected = architecture_shapes(architecture, model_config)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".staging", dir=folder.parent))
     try:
         w = _Writer(staging, expected, tuned_prefix, copy, convert_pickles)
-        base_ref = w.base(Path(base_path).expanduser())
+        base_ref = w.base(base_path if is_hub_ref(base_path) else Path(base_path).expanduser())
         entries = []
         for i, s in enumerate(specs):
             report(on_progress, (i + 1) / (len(specs) + 2), f"task {s.name}")
-            entry: dict[str, Any] = {"name": s.name, "classes": list(s.classes), **s.extra}
+            entry: dict[str, Any] = {"name": s.name, **s.extra}
+            if s.classes:  # none: a standard task's, or the parquet test set's (manifest.default_classes)
+                entry["classes"] = list(s.classes)
             if s.label:
                 entry["label"] = s.label
             if s.templates:
                 entry["templates"] = list(s.templates)
             if s.finetuned is not None:
                 entry["finetuned"] = w.finetuned(s.finetuned, s.name, base_ref)
-            if s.lora is not None:
-                entry["lora"] = w.adapter(s.lora, s.name)
+            for kind in ("lora", "llora"):
+                if getattr(s, kind) is not None:
+                    entry[kind] = w.adapter(getattr(s, kind), s.name, kind)
             for split in ("test", "validation"):
-                ref = _data(getattr(s, split), f"{split} data of task {s.name!r}")
+                ref = w.data(getattr(s, split), s.name, split)
                 if ref:
                     entry[split] = ref
+            entry["synthetic"] = s.synthetic
+            for k in ("source", "license"):
+                if getattr(s, k):
+                    entry[k] = getattr(s, k)
             entries.append(entry)
         manifest: dict[str, Any] = {"format": FORMAT_VERSION, "name": name or folder.name, "description": description,
                                     "architecture": architecture, "base": base_ref, "tuned_prefix": tuned_prefix,
@@ -230,7 +282,7 @@ def write_zoo(folder: str | Path, architecture: str, base_path: str | Path,
         if model_config is not None:
             manifest["model_config"] = model_config
         if image_mean:
-            manifest["image_mean"], manifest["image_std"] = list(image_mean), list(image_std)
+            manifest["image_mean"], manifest["image_std"] = [float(v) for v in image_mean], [float(v) for v in image_std]
         if w.notes:
             manifest["notes"] = w.notes
         (staging / "zoo.json").write_text(json.dumps(manifest, indent=2))
@@ -249,7 +301,8 @@ def write_zoo(folder: str | Path, architecture: str, base_path: str | Path,
 def _relative(obj: Any, folder: Path) -> Any:
     """Absolute paths inside ``folder`` become relative, so a zoo folder can be moved as a whole."""
     if isinstance(obj, dict):
-        return {k: _relative(v, folder) if k in ("base", "finetuned", "lora", "path", "test", "validation", "tasks")
+        return {k: _relative(v, folder) if k in ("base", "finetuned", "lora", "llora", "path", "test", "validation",
+                                                 "tasks")
                 else v for k, v in obj.items()}
     if isinstance(obj, list):
         return [_relative(v, folder) for v in obj]

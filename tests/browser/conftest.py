@@ -25,8 +25,25 @@ def app_url(tmp_path_factory, tiny_zoo_dir) -> str:
         yield url
 
 
+@pytest.fixture(scope="session")
+def tiny_app_url(tmp_path_factory, tiny_zoo_dir) -> str:
+    """A server on the tiny test zoo (computes in seconds): for tests of page state, not of the demo's numbers."""
+    if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    home = tmp_path_factory.mktemp("peru_home_tiny")
+    with streamlit_server({"PERU_HOME": str(home), "PERU_DEMO_ZOO": str(tiny_zoo_dir)},
+                          home / "streamlit.log") as url:
+        yield url
+
+
 @pytest.fixture()
 def page(app_url):
+    with chromium() as p:
+        yield p
+
+
+@pytest.fixture()
+def tiny_page(tiny_app_url):
     with chromium() as p:
         yield p
 

@@ -89,6 +89,15 @@ def wait_idle(page, started: float = 1.5, timeout: float = 180.0) -> None:
     page.wait_for_selector(IDLE, timeout=timeout * 1000)
 
 
+def wait_jobs(page, timeout: float = 900.0) -> None:
+    """Wait until the page shows no running computation (the ``<name>_job`` progress containers of ui.jobs are
+    gone), then for the rerun that draws the results."""
+    page.wait_for_function(
+        "() => ![...document.querySelectorAll('[class*=\"st-key-\"]')]"
+        ".some(e => [...e.classList].some(c => /^st-key-.*_job$/.test(c)))", timeout=timeout * 1000)
+    wait_idle(page, started=1.0, timeout=timeout)
+
+
 def open_page(page, url: str, path: str = "", timeout: float = 180.0) -> None:
     """Load ``url/path`` and wait for the first run to finish."""
     page.goto(f"{url}/{path}")

@@ -68,3 +68,17 @@ def random_factors(seed: int, shapes: dict[str, tuple[int, int]], r: int = 2) ->
 
 
 LORA_TARGETS = {"visual.blocks.0.mlp.c_fc": (8, 4), "visual.blocks.0.mlp.c_proj": (4, 8)}
+
+
+def flat(sd, keys):
+    """The tensors ``keys`` of ``sd`` as one flat vector (reference implementations work on it)."""
+    return torch.cat([sd[k].reshape(-1) for k in keys])
+
+
+def unflat(vec, like, keys):
+    """Inverse of :func:`flat`: views of ``vec`` shaped like ``like``."""
+    out, o = {}, 0
+    for k in keys:
+        out[k] = vec[o:o + like[k].numel()].view(like[k].shape)
+        o += like[k].numel()
+    return out

@@ -64,8 +64,10 @@ def test_reuse_peru_fft(files, capsys, base, tuned):
                       "--merge", "task_arithmetic", "--param", "lam=0.3", "--keep", "10", "--scope", "global",
                       "--prefix", PREFIX, "--out", out_dir], capsys)
     assert code == 0
-    assert sorted(p.name for p in out_dir.iterdir()) == ["report.json", "task0.safetensors", "task1.safetensors",
-                                                          "task2.safetensors"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["parts", "report.json", "task0.safetensors",
+                                                          "task1.safetensors", "task2.safetensors"]
+    assert sorted(p.name for p in (out_dir / "parts").iterdir()) == [
+        "shared_model.safetensors", "task0.safetensors", "task1.safetensors", "task2.safetensors"]
     merged = get_method("task_arithmetic")(base, tuned, lam=0.3)
     got = load_state_dict(out_dir / "task1.safetensors")
     ref = peru_fft(merged, tuned[1], 10.0)
@@ -75,8 +77,8 @@ def test_reuse_peru_fft(files, capsys, base, tuned):
     n = keep_count(d, 10)
     assert report["d"] == d and [t["kept"] for t in report["tasks"]] == [n] * 3
     acc = report["accounting"]
-    assert acc["total_params"] == sum(t.numel() for t in base.values()) + 3 * n
-    assert acc["task_bytes"] == [4 * n + min(-(-d // 8), 4 * n)] * 3
+    assert acc["total_params"] == d + 3 * n  # the shared model is the tuned part, as on the dashboard
+    assert acc["task_bytes"] == [os.path.getsize(out_dir / "parts" / f"task{i}.safetensors") for i in range(3)]
 
 
 def test_reuse_post_pruning_full_checkpoints(files, capsys):
@@ -105,6 +107,20 @@ def test_lora(tmp_path, capsys, base):
     assert report["tasks"][0]["task_params"] == 2 * (8 + 4 + 1) + 2 * (4 + 8 + 1)
 
 
+def test_lora_mixed_ranks_report_the_rank_kept(tmp_path, capsys, base):
+    """Issue 14 item 21: q is clamped per matrix to the adapter's own rank, and the report says so."""
+    save_state_dict(base, tmp_path / "base.safetensors")
+    ads = [write_adapter(tmp_path / "r3", random_factors(0, LORA_TARGETS, r=3), r=3, lora_alpha=3),
+           write_adapter(tmp_path / "r1", random_factors(1, LORA_TARGETS, r=1), r=1, lora_alpha=1)]
+    code, _, _ = run(["lora", "--base", tmp_path / "base.safetensors", "--adapters", *ads, "--rank", "2",
+                      "--out", tmp_path / "out"], capsys)
+    assert code == 0
+    rows = json.loads((tmp_path / "out" / "report.json").read_text())["tasks"]
+    assert set(rows[0]["kept_rank"].values()) == {2} and set(rows[1]["kept_rank"].values()) == {1}
+    assert set(rows[1]["lora_rank"].values()) == {1}
+    assert rows[1]["task_params"] == 1 * (8 + 4 + 1) + 1 * (4 + 8 + 1)
+
+
 BAD = {
     "empty task list": (["reuse", "--base", "{base}", "--mode", "post-pruning", "--keep", "5"], "empty"),
     "duplicate names": (["merge", "--base", "{base}", "--finetuned", "{t0}", "{dup}", "--method", "average"],
@@ -126,7 +142,10 @@ BAD = {
     "usage": (["reuse", "--base", "{base}"], "required"),
     "bad scope": (["reuse", "--base", "{base}", "--finetuned", "{t0}", "--mode", "post-pruning", "--keep", "5",
                    "--scope", "rows"], "scope"),
-    "rank": (["lora", "--base", "{base}", "--adapters", "{root}", "--rank", "-1"], "negative"),
+    "rank": (["lora", "--base", "{base}", "--adapters", "{root}", "--rank", "-1"], "1 or more"),
+    "rank 0": (["lora", "--base", "{base}", "--adapters", "{goodad}", "--rank", "0"], "keeps nothing"),
+    "rank above r": (["lora", "--base", "{base}", "--adapters", "{goodad}", "--rank", "9"],
+                     "above the largest adapter rank (2)"),
     "adapter target": (["lora", "--base", "{base}", "--adapters", "{badad}", "--rank", "1"], "not in the base"),
     "param for post-pruning": (["reuse", "--base", "{base}", "--finetuned", "{t0}", "--mode", "post-pruning",
                                 "--param", "lam=1", "--keep", "5"], "peru-fft"),
@@ -146,11 +165,12 @@ def test_bad_input_one_line_nothing_written(files, capsys, case, base):
     bad["visual.ln_post.weight"][0] = float("nan")
     save_state_dict(bad, root / "nan.safetensors")
     write_adapter(root / "badad", random_factors(0, {"visual.nowhere": (4, 4)}))
+    write_adapter(root / "goodad", random_factors(0, LORA_TARGETS, r=2))
     before = sorted(p.name for p in root.iterdir())
     argv, pattern = BAD[case]
     fill = {"base": root / "base.safetensors", "t0": part[0], "dup": dup / "task0.safetensors",
             "pickle": root / "legacy.pt", "cut": root / "cut.safetensors", "nan": root / "nan.safetensors",
-            "root": root, "badad": root / "badad"}
+            "root": root, "badad": root / "badad", "goodad": root / "goodad"}
     argv = [a.format(**fill) for a in argv]
     if case not in ("missing keys",):
         argv += ["--prefix", PREFIX] if argv[0] != "lora" else []

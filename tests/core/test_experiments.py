@@ -77,7 +77,8 @@ def test_rows_accuracy_and_costs(rt):
     assert (rows["params"] == d + T * keep_count(d, 10)).all()
     assert (rows["task_params"] == keep_count(d, 10)).all()
     single = ex.run_spec(rt, RunSpec.make("single-task"))
-    assert (single["params"] == d + T * d).all() and (single["bytes"] == 4 * (d + T * d)).all()
+    one_model = len(ex.artifacts(rt, RunSpec.make("single-task"))[f"{rt.zoo.task_names[0]}.safetensors"])
+    assert (single["params"] == T * d).all() and (single["bytes"] == T * one_model).all()  # no shared model
     q = 2
     lora = ex.run_spec(rt, RunSpec.make("peru-lora", rank=q))
     per_task = sum(q * (f.shape[0] + f.shape[1] + 1) for f in rt.adapter("stripes").values())
@@ -132,8 +133,10 @@ def test_paper_specs_cover_the_table(rt):
     specs = ex.paper_specs(rt)
     modes = [s.mode for s in specs]
     assert modes.count(Mode.POST_PRUNING) == 4 and modes.count(Mode.PERU_FFT) == 4
-    assert [s.rank for s in specs if s.mode is Mode.PERU_LORA] == [q for q in (1, 2, 4, 8, 16) if q <= ex.lora_rank(rt)]
-    assert {s.source for s in specs if s.mode is Mode.MERGE} == {Source.FULL, Source.LORA}
+    for src in (Source.LORA, Source.LLORA):
+        assert [s.rank for s in specs if s.mode is Mode.PERU_LORA and s.source is src] == \
+            [q for q in (1, 2, 4, 8, 16) if q <= ex.lora_rank(rt, src)]
+    assert {s.source for s in specs if s.mode is Mode.MERGE} == {Source.FULL, Source.LORA, Source.LLORA}
 
 
 def test_memo_is_bounded_by_bytes():
@@ -198,4 +201,8 @@ def test_bytes_count_the_stored_dtype(tiny_zoo_dir, tmp_path):
     assert rt16.stored_dtype == torch.float16 and all(v.dtype == torch.float32 for v in rt16.base_state().values())
     spec = RunSpec.make("peru-fft", "full", "task_arithmetic", {"lam": 0.3}, keep=5)
     c16, c32 = ex._costs(rt16, spec), ex._costs(rt32, spec)
-    assert c16.task_params == c32.task_params and c16.shared_bytes * 2 == c32.shared_bytes
+    assert c16.task_params == c32.task_params
+    d = sum(v.numel() for v in rt16.base_state().values())
+    # 2 bytes less per value; the headers differ only in offsets' digits and dtype names (exact sizes:
+    # test_file_bytes.py)
+    assert abs(c32.shared_bytes - c16.shared_bytes - 2 * d) < 256

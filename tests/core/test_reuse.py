@@ -9,7 +9,8 @@ from conftest import LORA_TARGETS, PREFIX, random_factors, write_adapter
 from peru_core.errors import PeruError
 from peru_core.io import load_lora_adapter
 from peru_core.merging import get_method
-from peru_core.reuse import (LoraReuse, SparseReuse, lowrank_to_tensors, peru_fft, peru_lora, post_pruning,
+from peru_core.taskpart import lowrank_part
+from peru_core.reuse import (LoraReuse, SparseReuse, peru_fft, peru_lora, post_pruning,
                              shared_model)
 from peru_core.sparse import keep_count, top_m
 from peru_core.statedict import task_vector
@@ -89,8 +90,9 @@ def test_peru_lora(tmp_path, base):
         assert torch.allclose(full[k], base[k] + ad[k].delta(), atol=1e-5)
     parts = reuse.task_part(2)
     assert all(p.rank == 2 and p.U.dtype == torch.float32 for p in parts.values())
-    tensors = lowrank_to_tensors(parts)
-    assert set(tensors) == {f"{k}.{n}" for k in ad for n in ("U", "S", "Vh")}
+    tensors, meta = lowrank_part(parts, torch.float32, 2)
+    assert set(tensors) == {f"{k}.{n}" for k in ad for n in ("U", "S", "Vh")} and meta["rank"] == "2"
+    assert reuse.kept_ranks(5) == {k: 3 for k in ad}  # q above the adapter's rank keeps what it has
     swept = dict(reuse.sweep([1, 2]))
     assert all(torch.equal(swept[1][k], reuse.model(1)[k]) for k in ad)
 

@@ -60,7 +60,7 @@ def test_write_open_clip_zoo_and_evaluate(inputs):
                     model_config=CONFIG, description="test zoo")
     raw = json.loads((tmp / "zoo" / "zoo.json").read_text())
     assert raw["base"] == "base.safetensors" and raw["tasks"][0]["finetuned"] == "checkpoints/colours.safetensors"
-    assert raw["tasks"][0]["test"] == {"kind": "folder", "path": str((tmp / "images").resolve())}
+    assert raw["tasks"][0]["test"] == {"kind": "folder", "path": "data/colours_test"}  # copied: self-contained
     assert raw["tasks"][0]["source"] == "made in the test" and "notes" not in raw
     assert raw["tasks"][0]["classes"] == list(CLASSES)  # a form's text box: lines or commas
     assert zoo_problems(tmp / "zoo") == [] and validate_zoo(tmp / "zoo").task_names == ["colours"]
