@@ -299,7 +299,8 @@ def run_specs(runtime: Any, specs: Sequence[RunSpec], store: Optional[ResultsSto
 def paper_specs(runtime: Any, merges: Optional[Iterable[str]] = None, keeps: Iterable[float] = PAPER_KEEPS,
                 ranks: Iterable[int] = PAPER_RANKS) -> list[RunSpec]:
     """The rows of the paper's Table 1 that this zoo can fill: Pre-trained, Single-Task, each merge (default: the
-    paper's five, :data:`PAPER_MERGES`) on full, LoRA and L-LoRA fine-tunes, Post-Pruning and PERU-FFT (Task Arithmetic) at m%, PERU-LoRA at q (on LoRA and L-LoRA)."""
+    paper's five, :data:`PAPER_MERGES`) on full, LoRA and L-LoRA fine-tunes, Post-Pruning and PERU-FFT (Task
+    Arithmetic) at m%, PERU-LoRA at q (on LoRA and L-LoRA)."""
     sources = available_sources(runtime)
     registered = [m.name for m in list_methods()]
     names = list(merges) if merges is not None else [m for m in PAPER_MERGES if m in registered]
@@ -335,6 +336,7 @@ def artifacts(runtime: Any, spec: RunSpec) -> dict[str, bytes]:
                 for i, t in enumerate(names)}
     shared = merged_model(runtime, spec) if spec.mode in (Mode.MERGE, Mode.PERU_FFT) else runtime.base_state()
     out = {"shared_model.safetensors": _model_file(runtime, shared, meta)}
+    layout = _stored_layout(runtime) if spec.mode in (Mode.POST_PRUNING, Mode.PERU_FFT) else None
     for i, t in enumerate(names):
         if spec.mode is Mode.SINGLE_TASK:
             out[f"{t}.lora.safetensors"] = _save_bytes(*taskpart.lora_part(runtime.adapter(t, spec.source.value),
@@ -345,7 +347,6 @@ def artifacts(runtime: Any, spec: RunSpec) -> dict[str, bytes]:
                                                                                          meta))
         elif spec.mode in (Mode.POST_PRUNING, Mode.PERU_FFT):
             delta = _sparse(runtime, spec, i).task_part(spec.keep)
-            layout = _stored_layout(runtime)
             delta = SparseDelta(layout, delta.indices, delta.values, delta.keep, delta.scope)
             out[f"{t}.top{spec.keep:g}pct.safetensors"] = _save_bytes(
                 *taskpart.sparse_part(delta, part_dtype(layout.dtypes), meta))

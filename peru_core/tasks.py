@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from peru_core.errors import PeruError
-
 TASKS_DATA = Path(__file__).resolve().parent / "tasks_data"
 # The eight tasks of task vectors and PERU's Table 1, in task vectors' order.
 PAPER_TASKS = ("sun397", "stanford_cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd")
@@ -59,12 +57,3 @@ def find_task(name: str) -> Optional[KnownTask]:
         if key in {_key(task.name), *(_key(a) for a in task.aliases)}:
             return task
     return None
-
-
-def get_task(name: str) -> KnownTask:
-    """Like :func:`find_task`, but a one-sentence PeruError lists the known names when there is no such task."""
-    task = find_task(name)
-    if task is None:
-        raise PeruError(f"{name!r} is not a standard task; use one of {', '.join(known_tasks())} or give its "
-                        "classes.")
-    return task
