@@ -8,10 +8,10 @@ from peru_core.spec import SOURCE_TAGS, RunSpec, Source
 from peru_core.zoo.manifest import Zoo
 from ui.widgets import usable_methods
 
+# the reuse modes per kind of fine-tune: every adapter kind (LoRA, L-LoRA) offers the same ones
 REUSE_MODES = {
     "full": {"merge": "None (the merge alone)", "post-pruning": "Post-Pruning", "peru-fft": "PERU-FFT"},
-    "lora": {"merge": "None (the merge alone)", "peru-lora": "PERU-LoRA"},
-    "llora": {"merge": "None (the merge alone)", "peru-lora": "PERU-LoRA"},
+    **{s.value: {"merge": "None (the merge alone)", "peru-lora": "PERU-LoRA"} for s in Source if s.is_adapter},
 }
 DEFAULT_KEEPS = (1.0, 5.0, 10.0, 20.0, 40.0)
 KEEP_GRID = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0)
@@ -98,8 +98,8 @@ def panel_options(source: str, zoo: Zoo) -> dict[str, str]:
 
 
 def default_panels(source: str, zoo: Zoo) -> list[str]:
-    """The paper's Figure 3 (merges, Post-Pruning, PERU-FFT) or Figure 4 (merges, PERU-LoRA), with the merges that
-    need no statistics (Fisher and RegMean first compute them on validation data: offered, not preselected)."""
+    """The paper's Figure 3 (merges, Post-Pruning, PERU-FFT) or Figure 4 (merges, PERU-LoRA), with Figure 3's
+    merges, Task Arithmetic and TIES (the others are offered, not preselected)."""
     opts = method_options(source, zoo)
     merges = [o for o in opts if o.startswith("merge:") and o[6:] in ("task_arithmetic", "ties")]  # Figure 3's
     return merges + (["post-pruning", "peru-fft:task_arithmetic"] if source == "full" else ["peru-lora"])
