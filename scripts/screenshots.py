@@ -27,8 +27,8 @@ PAGES = [  # (url path, file name, buttons to press in order, key of what must b
     ("Upload", "upload", [], "up_name"),
 ]
 TABS = {  # more shots of a page: (tab label, key that must be there, file name)
-    "spectra": [("Full task vectors", "sp_full_spectrum", "spectra_full"),
-                ("|u_t| and the top-m% threshold", "sp_histogram", "spectra_threshold")],
+    "spectra": [("Full", "sp_full_spectrum", "spectra_full"),
+                ("|u_t| top-m%", "sp_histogram", "spectra_threshold")],
 }
 
 

@@ -52,6 +52,6 @@ def test_embeddings_offers_llora(app):
 
 def test_spectra_has_the_llora_products(app):
     at = open_page(app, "pages/3_Spectra.py")
-    assert any(t.label == "L-LoRA products" for t in at.tabs)
+    assert any(t.label == "L-LoRA" for t in at.tabs)
     assert not [i for i in at.info if "no an L-LoRA adapter" in i.value or "L-LoRA adapter in this zoo" in i.value]
     assert len(at.get("plotly_chart")) >= 2  # the LoRA and the L-LoRA spectra

@@ -1,5 +1,5 @@
 """Spectra at the three window widths a reader uses (1024, 1280, 1400 px): no text is cut off (formula, tab labels,
-pickers, metrics), and every line of every spectrum is named by a legend entry that is not scrolled out of view.
+pickers, metrics, the ablation views), and every line of every spectrum is named by a legend entry that is not scrolled out of view.
 (Issue 14, items 17 and 18.)"""
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from harness import key, open_page, wait_idle
 pytestmark = pytest.mark.browser
 
 WIDTHS = (1024, 1280, 1400)
-TABS = (("LoRA products", "sp_lora_spectrum"), ("Full task vectors", "sp_full_spectrum"),
-        ("|u_t| and the top-m% threshold", "sp_histogram"))
+TABS = (("LoRA", "sp_lora_spectrum"), ("Full", "sp_full_spectrum"), ("|u_t| top-m%", "sp_histogram"),
+        ("Similarity", "sp_sim_heatmap"), ("Per layer", "sp_layout_bars"), ("Table 6", "sp_t6_error"))
+SPECTRA = ("sp_lora_spectrum", "sp_full_spectrum")  # the charts whose every line must be named in the legend
 
 # Elements of the main area that clip their text (overflow hidden/auto/scroll or an ellipsis) and hold more than they
 # show. KaTeX's MathML copy is invisible by design (1 px wide, for screen readers) and plotly draws in SVG: skip both.
@@ -51,7 +52,7 @@ def test_spectra_shows_everything_at(width, page, app_url):
         assert page.locator("[data-testid='stException']").count() == 0
         cut = page.evaluate(CUT_TEXT_JS)
         assert not cut, f"{tab} at {width} px cuts: {cut}"
-        if chart != "sp_histogram":
+        if chart in SPECTRA:
             legend = page.evaluate(LEGEND_JS, key(chart))
             assert not legend["hidden"] and not legend["missing"], f"{tab} at {width} px: unnamed lines {legend}"
             assert not legend["scrolls"], f"{tab} at {width} px: the legend scrolls some lines out of view"
