@@ -9,6 +9,7 @@ import streamlit as st
 from peru_core import fmt, viz
 from ui import cache, jobs, page, sidebar, specs, state, widgets
 from ui.downloads import downloads
+from ui.estimate_view import CAPTION as ESTIMATE_CAPTION, estimate_table
 
 page.setup("Merge lab", ":material/science:")
 ctx = sidebar.context()
@@ -36,6 +37,8 @@ with page.user_errors():
         merge, params = None, {}
         if specs.uses_merge(mode):  # Post-Pruning and PERU-LoRA start from theta_0: no merge to pick
             merge, params = widgets.merge_picker("lab", ctx.zoo)
+        elif specs.part_method(mode) is not None:  # TALL / EMR: the knobs of their registry entry
+            params = widgets.param_sliders("lab", specs.part_method(mode))
         keep = rank = None
         scope = "global"
         if mode in ("post-pruning", "peru-fft"):
@@ -59,10 +62,18 @@ with page.user_errors():
             previous = jobs.jobs().get(st.session_state.get("_lab_auto_job", ""))
             if auto and previous is not None and previous.key != job_key:
                 previous.cancel()  # a slider moved on: the setting it was computing is no longer asked for
-            job = cache.submit(rt, todo, f"Computing {wanted[-1].label}", key=job_key)
+            job = cache.submit(rt, todo, f"Computing {wanted[-1].label}", key=job_key, estimates=True)
             st.session_state["_lab_auto_job"] = job_key
         if todo:
             job = jobs.watch(job_key, "lab")
+            # quick estimates, while the same job evaluates the full test sets (the page reruns when they land)
+            partial = cache.estimated(rt, wanted) if job is not None and job.active else None
+            if partial is not None:
+                st.subheader(wanted[-1].label)
+                with st.container(key="lab_estimate"):
+                    st.table(estimate_table(partial, ctx.zoo.task_names))
+                st.caption(ESTIMATE_CAPTION)
+                st.stop()
             if job is None or not job.active:
                 st.info(f"**{wanted[-1].label}** is not computed yet: press **Compute** "
                         f"({len(todo)} setting{'s' if len(todo) > 1 else ''} to evaluate on "

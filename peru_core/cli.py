@@ -26,6 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from peru_core.device import configure_threads  # torch: imported only once a command runs
+
+        # once, at engine start: torch's threads from the cores actually free ($PERU_THREADS overrides)
+        configure_threads()
         return int(args.func(args) or 0)
     except PeruError as e:
         print(f"error: {e}", file=sys.stderr)

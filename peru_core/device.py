@@ -9,7 +9,8 @@ memory either way, and one pass over it there is as fast as copying it to the GP
 from __future__ import annotations
 
 import os
-from typing import Union
+import time
+from typing import Optional, Union
 
 import torch
 
@@ -47,3 +48,116 @@ def resolve_device(device: DeviceLike = None) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise PeruError(f"Device {name!r} is not supported; use one of: {', '.join(available_devices())}.")
     return dev
+
+
+# --- precision -------------------------------------------------------------------------------------------------
+PRECISIONS = ("float32", "bf16")
+
+
+def check_precision(precision: str, device: torch.device) -> str:
+    """``precision`` checked against ``device``: ``float32`` anywhere, ``bf16`` (autocast of the image tower's
+    matrix products to bfloat16) on a CUDA GPU that supports it only; a one-sentence PeruError otherwise. On the
+    CPU bf16 is refused rather than ignored: without AMX it is slower than float32 there, and a row labelled bf16
+    must have been computed in bf16."""
+    if precision not in PRECISIONS:
+        raise PeruError(f"Unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}.")
+    if precision == "bf16":
+        if device.type != "cuda":
+            raise PeruError("Precision bf16 runs on a GPU only; use --precision float32 on the CPU (or pick cuda).")
+        if not torch.cuda.is_bf16_supported():
+            raise PeruError("This GPU does not support bfloat16; use --precision float32.")
+    return precision
+
+
+# --- batch size ------------------------------------------------------------------------------------------------
+CPU_BATCH = 256  # on the CPU larger batches gain nothing (the GEMMs are already cache-bound) and cost memory
+GPU_MEMORY_SHARE = 0.5  # of the free GPU memory, for one evaluation batch's activations
+MAX_BATCH = 4096
+
+
+def batch_size_for(device: torch.device, bytes_per_image: int) -> int:
+    """Images per evaluation batch: on a GPU, as many as fit in half its free memory at ``bytes_per_image`` of
+    peak activations each (measured by the caller), within [32, 4096]; on the CPU, :data:`CPU_BATCH`.
+    ``$PERU_BATCH`` overrides both."""
+    forced = os.environ.get("PERU_BATCH")
+    if forced:
+        try:
+            value = int(forced)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise PeruError(f"PERU_BATCH={forced!r} is not a positive whole number; unset it or give e.g. 256.")
+        return value
+    if device.type != "cuda":
+        return CPU_BATCH
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(min(MAX_BATCH, max(32, free * GPU_MEMORY_SHARE // max(1, bytes_per_image))))
+
+
+# --- threads ---------------------------------------------------------------------------------------------------
+_THREADS_SET: list[int] = []
+
+
+SAMPLE_S = 0.2  # how long free_cores watches the machine's CPU counters
+
+
+def _cpu_times() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs from ``/proc/stat`` (Linux); OSError elsewhere."""
+    with open("/proc/stat") as f:
+        fields = [float(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest time is inside user)
+    return total - idle, total
+
+
+def busy_cores(sample_s: float = SAMPLE_S) -> float:
+    """Cores the machine is busy on right now: the busy share of all CPUs over ``sample_s`` seconds times their
+    count (``/proc/stat``), less this process's own CPU time meanwhile (a server's other threads), so what it
+    counts is other processes; the 1-minute load average where ``/proc/stat`` cannot be read."""
+    try:
+        b0, t0 = _cpu_times()
+        own0, wall0 = time.process_time(), time.monotonic()
+        time.sleep(sample_s)
+        b1, t1 = _cpu_times()
+        own = (time.process_time() - own0) / max(time.monotonic() - wall0, 1e-9)  # this process's other threads
+        if t1 > t0:
+            return max(0.0, (b1 - b0) / (t1 - t0) * (os.cpu_count() or 1) - own)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def free_cores(busy: Optional[float] = None) -> int:
+    """Cores this process may use that no other process is busy on: the CPUs of its affinity mask minus the cores
+    busy right now (:func:`busy_cores`, or ``busy`` when given), rounded, at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    busy = busy_cores() if busy is None else busy
+    # a core held by another process makes torch's thread pool wait for it at every barrier (TIES went from
+    # 8.8 s to over 100 s), so a busy core is worth leaving out
+    return max(1, min(cores, cores - int(busy + 0.5)))
+
+
+def configure_threads(force: bool = False) -> int:
+    """Set torch's intra-op threads once per process (engine start: the CLI and the app) and return the count:
+    ``$PERU_THREADS`` when set, else :func:`free_cores`. Later calls return the count set first unless ``force``."""
+    if _THREADS_SET and not force:
+        return _THREADS_SET[0]
+    forced = os.environ.get("PERU_THREADS")
+    if forced:
+        try:
+            n = int(forced)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise PeruError(f"PERU_THREADS={forced!r} is not a positive whole number; unset it or give e.g. 2.")
+    else:
+        n = free_cores()
+    torch.set_num_threads(n)
+    _THREADS_SET[:] = [n]
+    return n

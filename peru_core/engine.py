@@ -20,6 +20,8 @@ MODE_VERSIONS: dict[Mode, str] = {
     Mode.POST_PRUNING: "1",  # top-m% selection (peru_core.sparse)
     Mode.PERU_FFT: "1",  # top-m% selection on top of the merge
     Mode.PERU_LORA: "1",  # rank-q truncation (peru_core.lowrank)
+    Mode.TALL: "1",  # TALL masks on the Task Arithmetic merge (peru_core.partreuse)
+    Mode.EMR: "1",  # EMR-Merging's elected vector, masks and rescalers (peru_core.partreuse)
 }
 
 

@@ -5,6 +5,7 @@ The protocol is the one PERU (https://arxiv.org/abs/2310.01886) inherits from ta
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Mapping, Optional
 
 import torch
@@ -14,6 +15,15 @@ from peru_core.errors import PeruError
 from peru_core.types import StateDict
 
 DEFAULT_BATCH = 500
+
+
+def autocast(device: torch.device, precision: str = "float32") -> contextlib.AbstractContextManager:
+    """The context an evaluation runs in: nothing for float32; for ``bf16`` (a CUDA GPU only, checked by
+    :func:`peru_core.device.check_precision`) autocast of the matrix products to bfloat16, with the features
+    brought back to float32 before the head (so the argmax compares float32 logits)."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def load_tuned(model: torch.nn.Module, tuned: Mapping[str, torch.Tensor], prefix: str,
@@ -46,21 +56,26 @@ def load_tuned(model: torch.nn.Module, tuned: Mapping[str, torch.Tensor], prefix
 
 @torch.inference_mode()
 def image_features(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int = DEFAULT_BATCH,
-                   device: str | torch.device | None = None) -> torch.Tensor:
-    """L2-normalized image embeddings (N x D, float32, on ``device``) of preprocessed images ``x``."""
+                   device: str | torch.device | None = None, precision: str = "float32") -> torch.Tensor:
+    """L2-normalized image embeddings (N x D, float32, on ``device``) of preprocessed images ``x``.
+
+    ``x`` may already live on ``device`` (the runtime keeps small test sets there): then no batch is copied."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    out = [F.normalize(model.encode_image(x[i:i + batch_size].to(device, non_blocking=True)).float(), dim=-1)
-           for i in range(0, len(x), batch_size)]
-    if not out:
+    if len(x) == 0:
         raise PeruError("The test set is empty; give at least one image.")
-    return torch.cat(out)
+    out = []
+    with autocast(device, precision):
+        for i in range(0, len(x), batch_size):
+            out.append(model.encode_image(x[i:i + batch_size].to(device, non_blocking=True)))
+    # one normalisation over all features, not one small kernel launch per batch
+    return F.normalize(torch.cat(out).float(), dim=-1)
 
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, head: torch.Tensor, x: torch.Tensor, *,
-            batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+            batch_size: int = DEFAULT_BATCH, precision: str = "float32") -> torch.Tensor:
     """Top-1 class index per image: ``argmax(normalize(encode_image(x)) @ head.T)`` (CPU int64)."""
-    feats = image_features(model, x, batch_size=batch_size, device=head.device)
+    feats = image_features(model, x, batch_size=batch_size, device=head.device, precision=precision)
     return (feats @ head.T).argmax(dim=-1).cpu()
 
 

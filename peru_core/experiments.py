@@ -22,9 +22,10 @@ from peru_core.errors import PeruError
 from peru_core.io import read_file_header
 from peru_core.lowrank import truncate_adapter
 from peru_core.merging import get_method, list_methods
+from peru_core.partreuse import PART_METHODS, MaskedParts, get_part_method
 from peru_core.reuse import LoraReuse, SparseReuse
 from peru_core.sparse import SparseDelta, keep_count, part_dtype
-from peru_core.spec import Mode, RunSpec, Source
+from peru_core.spec import PART_MODES, Mode, RunSpec, Source
 from peru_core.statedict import Layout, numel
 from peru_core.store import ResultsStore
 from peru_core.types import Progress, StateDict, report
@@ -43,6 +44,8 @@ def _approx_bytes(value: Any) -> int:
     """Rough memory held by a memoised value: tensors of a state dict, or a reuse object's flat work vectors."""
     if isinstance(value, dict):
         return sum(t.numel() * t.element_size() for t in value.values() if isinstance(t, torch.Tensor))
+    if hasattr(value, "nbytes"):  # e.g. partreuse.MaskedParts (TALL / EMR)
+        return int(value.nbytes)
     if isinstance(value, SparseReuse):
         return int(value.layout.size * 4 * 1.6)  # the flat difference plus the sorted top slice
     return 0
@@ -214,6 +217,11 @@ def _costs(runtime: Any, spec: RunSpec) -> acc.Accounting:
         return acc.reuse_accounting(name, d, model_bytes, [sum(q * (o + i + 1) for o, i, q in k.values())
                                                            for k in kept],
                                     [taskpart.lowrank_part_bytes(k, dts, spec.rank, meta) for k in kept])
+    if spec.mode in PART_MODES:  # TALL / EMR: theta_0 and the task vector shared (2d), a d-bit mask per task
+        method, layout = get_part_method(name), _stored_layout(runtime)
+        return acc.reuse_accounting(name, 2 * d, model_bytes + taskpart.vector_file_bytes(layout, dts, name, meta),
+                                    [method.task_params(d)] * T,
+                                    [taskpart.mask_part_bytes(layout, name, method.rescaled, meta)] * T)
     layout = _stored_layout(runtime)
     if spec.scope.value == "global":
         nnz = keep_count(d, spec.keep)
@@ -221,6 +229,12 @@ def _costs(runtime: Any, spec: RunSpec) -> acc.Accounting:
         nnz = sum(keep_count(e - s, spec.keep) for _, s, e in layout.spans())
     part = taskpart.sparse_part_bytes(layout, nnz, spec.keep, spec.scope.value, part_dtype(layout.dtypes), meta)
     return acc.reuse_accounting(name, d, model_bytes, [nnz] * T, [part] * T)
+
+
+def _masked_parts(runtime: Any, spec: RunSpec) -> MaskedParts:
+    """The shared vector, masks and rescalers of a TALL / EMR spec (all tasks at once; cached per runtime)."""
+    return _memo(runtime).get(("masked", spec.mode, spec.source, spec.params), lambda: get_part_method(
+        spec.mode.value)(runtime.base_state(), source_models(runtime, spec.source), **dict(spec.params)))
 
 
 def task_model(runtime: Any, spec: RunSpec, task: str | int) -> StateDict:
@@ -234,6 +248,8 @@ def task_model(runtime: Any, spec: RunSpec, task: str | int) -> StateDict:
         return source_model(runtime, spec.source, i)
     if spec.mode is Mode.MERGE:
         return merged_model(runtime, spec)
+    if spec.mode in PART_MODES:
+        return _masked_parts(runtime, spec).model(runtime.base_state(), i)
     if spec.mode in (Mode.POST_PRUNING, Mode.PERU_FFT):
         return _sparse(runtime, spec, i).model(spec.keep)
     if spec.mode is Mode.PERU_LORA:
@@ -255,42 +271,113 @@ def _rows(runtime: Any, spec: RunSpec, accs: dict[str, float], cached: bool) -> 
     return pd.DataFrame(rows, columns=ROW_COLUMNS)
 
 
+def precision_of(runtime: Any) -> str:
+    """The runtime's evaluation precision ("float32" unless a bf16 runtime): part of every stored row's key."""
+    return getattr(runtime, "precision", "float32")
+
+
 def run_spec(runtime: Any, spec: RunSpec, store: Optional[ResultsStore] = None,
              on_progress: Progress = None) -> pd.DataFrame:
     """Per-task accuracy (held-out test sets) and costs of ``spec``: from the store when present, else computed
-    and stored (all tasks of a spec in one transaction)."""
+    and stored (all tasks of a spec in one transaction). Only exact rows: estimates are :func:`estimate_spec`'s."""
     names = runtime.zoo.task_names
     if store is not None:
-        hit = store.get(zoo_key(runtime), spec.key(), names)
+        hit = store.get(zoo_key(runtime), spec.key(), names, precision=precision_of(runtime))
         if hit is not None:
             report(on_progress, 1.0, f"{spec.label}: from the results store")
             return _rows(runtime, spec, {r["task"]: r["accuracy"] for r in hit}, cached=True)
     with COMPUTE_LOCK:
         accs: dict[str, float] = {}
+        # a data-driven merge (AdaMerging trains for a while) builds first, with its own progress on the first half
+        first = 0.5 if spec.merge and get_method(spec.merge).needs else 0.0
+        if first:
+            merged_model(runtime, spec, lambda f, msg: report(on_progress, first * f, f"{spec.label}: {msg}"))
         for i, t in enumerate(names):
-            report(on_progress, i / len(names), f"{spec.label}: evaluating {t}")
+            report(on_progress, first + (1 - first) * i / len(names), f"{spec.label}: evaluating {t}")
             accs[t] = float(runtime.accuracy(task_model(runtime, spec, i), t))
         report(on_progress, 1.0, f"{spec.label}: done")
     frame = _rows(runtime, spec, accs, cached=False)
     if store is not None:
-        store_rows(store, zoo_key(runtime), spec, frame)
+        store_rows(store, zoo_key(runtime), spec, frame, precision_of(runtime))
     return frame
 
 
-def store_rows(store: ResultsStore, zoo_hash: str, spec: RunSpec, frame: pd.DataFrame) -> None:
+def estimate_spec(runtime: Any, spec: RunSpec, store: Optional[ResultsStore] = None,
+                  on_progress: Progress = None) -> Optional[pd.DataFrame]:
+    """Quick estimates of ``spec`` (:mod:`peru_core.estimate`: each task's fixed stratified subset, a 95% Wilson
+    interval): rows like :func:`run_spec`'s plus ``low``, ``high``, ``n``, ``total`` and ``estimate`` = True, stored
+    in the store's estimates table (never among exact rows). None when the exact rows are stored already."""
+    names, zoo_hash, precision = runtime.zoo.task_names, zoo_key(runtime), precision_of(runtime)
+    if store is not None and store.get(zoo_hash, spec.key(), names, precision=precision) is not None:
+        return None
+    with COMPUTE_LOCK:
+        first = 0.5 if spec.merge and get_method(spec.merge).needs else 0.0
+        if first:
+            merged_model(runtime, spec, lambda f, msg: report(on_progress, first * f, f"{spec.label}: {msg}"))
+        ests = {}
+        for i, t in enumerate(names):
+            report(on_progress, first + (1 - first) * i / len(names), f"{spec.label}: estimating {t}")
+            ests[t] = runtime.estimate(task_model(runtime, spec, i), t)
+    frame = _rows(runtime, spec, {t: e.accuracy for t, e in ests.items()}, cached=False)
+    for col in ("low", "high", "n", "total"):
+        frame[col] = [getattr(ests[t], col) for t in frame["task"]]
+    frame["estimate"] = True
+    if store is not None:
+        store.put_estimates(zoo_hash, spec.key(), frame[["task", "accuracy", "low", "high", "n", "total"]]
+                            .to_dict("records"), precision=precision)
+    return frame
+
+
+def stored_rows(runtime: Any, spec: RunSpec, store: ResultsStore) -> Optional[pd.DataFrame]:
+    """What the store holds for ``spec``, computing nothing: its exact rows (``estimate`` False) when stored, else
+    its quick estimates (``estimate`` True, with ``low``/``high``), else None. For pages showing work in progress;
+    tables of results and CSVs take :func:`run_spec`'s exact rows only."""
+    names, zoo_hash, precision = runtime.zoo.task_names, zoo_key(runtime), precision_of(runtime)
+    hit = store.get(zoo_hash, spec.key(), names, precision=precision)
+    if hit is not None:
+        frame = _rows(runtime, spec, {r["task"]: r["accuracy"] for r in hit}, cached=True)
+        return frame.assign(low=frame["accuracy"], high=frame["accuracy"], estimate=False)
+    ests = store.estimates(zoo_hash, spec.key(), names, precision=precision)
+    if ests is None:
+        return None
+    frame = _rows(runtime, spec, {r["task"]: r["accuracy"] for r in ests}, cached=True)
+    by_task = {r["task"]: r for r in ests}
+    return frame.assign(low=[by_task[t]["low"] for t in frame["task"]],
+                        high=[by_task[t]["high"] for t in frame["task"]], estimate=True)
+
+
+def store_rows(store: ResultsStore, zoo_hash: str, spec: RunSpec, frame: pd.DataFrame,
+               precision: str = "float32") -> None:
     """Write the rows :func:`run_spec` computed for ``spec`` (one transaction); the Ray driver writes with it too."""
+    if "estimate" in frame.columns and frame["estimate"].any():
+        raise PeruError(f"Rows of {spec.label} are estimates; only exact rows go into the results table.")
     store.put(zoo_hash, spec.key(), frame[["task", "accuracy", "params", "bytes", "task_params",
-                                           "task_bytes"]].to_dict("records"))
+                                           "task_bytes"]].to_dict("records"), precision=precision)
 
 
 def run_specs(runtime: Any, specs: Sequence[RunSpec], store: Optional[ResultsStore] = None,
-              on_progress: Progress = None) -> pd.DataFrame:
-    """:func:`run_spec` for each spec, with overall progress; one frame with every row."""
+              on_progress: Progress = None,
+              on_estimate: Optional[Callable[[RunSpec, pd.DataFrame], None]] = None) -> pd.DataFrame:
+    """:func:`run_spec` for each spec, with overall progress; one frame with every (exact) row.
+
+    With ``on_estimate``, every spec is first estimated (:func:`estimate_spec`: about a sixth of the work) and
+    ``on_estimate(spec, rows)`` called at once, so a page can show the estimates while the exact pass runs."""
     frames = []
-    n = max(1, len(specs))
-    for j, spec in enumerate(specs):
+    todo = list(specs)
+    n = max(1, len(todo))
+    share = 0.0
+    if on_estimate is not None:
+        share = 0.15  # of the progress bar: about the estimate pass's share of the work
+        for j, spec in enumerate(todo):
+            def sub_e(f: float, msg: str, j: int = j) -> None:
+                report(on_progress, share * (j + f) / n, f"[{j + 1}/{n}] {msg}")
+
+            rows = estimate_spec(runtime, spec, store, sub_e)
+            if rows is not None:
+                on_estimate(spec, rows)
+    for j, spec in enumerate(todo):
         def sub(f: float, msg: str, j: int = j) -> None:
-            report(on_progress, (j + f) / n, f"[{j + 1}/{n}] {msg}")
+            report(on_progress, share + (1 - share) * (j + f) / n, f"[{j + 1}/{n}] {msg}")
 
         frames.append(run_spec(runtime, spec, store, sub))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ROW_COLUMNS)
@@ -300,13 +387,17 @@ def paper_specs(runtime: Any, merges: Optional[Iterable[str]] = None, keeps: Ite
                 ranks: Iterable[int] = PAPER_RANKS) -> list[RunSpec]:
     """The rows of the paper's Table 1 that this zoo can fill: Pre-trained, Single-Task, each merge (default: the
     paper's five, :data:`PAPER_MERGES`) on full, LoRA and L-LoRA fine-tunes, Post-Pruning and PERU-FFT (Task
-    Arithmetic) at m%, PERU-LoRA at q (on LoRA and L-LoRA)."""
+    Arithmetic) at m%, PERU-LoRA at q (on LoRA and L-LoRA). ``merges`` may also name the mask-reuse modes
+    (``tall``, ``emr``: one row per kind of fine-tune, at their registry defaults)."""
     sources = available_sources(runtime)
     registered = [m.name for m in list_methods()]
     names = list(merges) if merges is not None else [m for m in PAPER_MERGES if m in registered]
+    masked = [n for n in names if n in PART_METHODS]
+    names = [n for n in names if n not in PART_METHODS]
     specs = [RunSpec.make(Mode.PRETRAINED)]
     specs += [RunSpec.make(Mode.SINGLE_TASK, s) for s in sources]
     specs += [RunSpec.make(Mode.MERGE, s, m) for s in sources for m in names]
+    specs += [RunSpec.make(Mode(n), s) for s in sources for n in masked]
     if Source.FULL in sources:
         specs += [RunSpec.make(Mode.POST_PRUNING, Source.FULL, keep=k) for k in keeps]
         specs += [RunSpec.make(Mode.PERU_FFT, Source.FULL, "task_arithmetic", keep=k) for k in keeps]
@@ -331,6 +422,15 @@ def artifacts(runtime: Any, spec: RunSpec) -> dict[str, bytes]:
     (formats: ``docs/task_part_format.md``). Their sizes are exactly :func:`_costs`' bytes."""
     check_rank(runtime, spec)
     names, dts, meta = runtime.zoo.task_names, stored_dtypes(runtime), _file_meta(runtime, spec)
+    if spec.mode in PART_MODES:  # theta_0, the shared task vector, a mask (+ rescaler) per task
+        parts, rescaled = _masked_parts(runtime, spec), get_part_method(spec.mode.value).rescaled
+        # the masks' key order (their bit order) with the stored dtypes, for the files' metadata
+        layout = dataclasses.replace(parts.layout, dtypes=tuple(dts[k] for k in parts.layout.keys))
+        out = {"shared_model.safetensors": _model_file(runtime, runtime.base_state(), meta),
+               "shared_vector.safetensors": _save_bytes(*taskpart.vector_file(parts, dts, spec.mode.value, meta))}
+        out.update({f"{t}.{spec.mode.value}.safetensors": _save_bytes(*taskpart.mask_part(
+            parts, i, layout, spec.mode.value, rescaled, meta)) for i, t in enumerate(names)})
+        return out
     if spec.mode is Mode.SINGLE_TASK and spec.source is Source.FULL:
         return {f"{t}.safetensors": _model_file(runtime, task_model(runtime, spec, i), meta)
                 for i, t in enumerate(names)}

@@ -99,14 +99,23 @@ def _product_spec(source: str, q: int) -> Any:
     return RunSpec.make(Mode.PERU_LORA, Source(source), rank=q)
 
 
+def _engine(runtime: Any) -> str:
+    """The factor rows' engine key: :data:`ENGINE`, with ``+<precision>`` for a non-float32 runtime (as
+    :func:`peru_core.store.engine_key` does), so a bf16 row is never served as a float32 one."""
+    from peru_core.experiments import precision_of
+
+    precision = precision_of(runtime)
+    return ENGINE if precision == "float32" else f"{ENGINE}+{precision}"
+
+
 def stored_accuracies(runtime: Any, source: str, ranks: Iterable[int], store: Any) -> Optional[pd.DataFrame]:
     """The rows :func:`accuracies` computes, when every one is in ``store`` already; else None (nothing computed)."""
-    from peru_core.experiments import zoo_key
+    from peru_core.experiments import precision_of, zoo_key
 
     names, zoo, rows = runtime.zoo.task_names, zoo_key(runtime), []
     for q in ranks:
-        product = store.get(zoo, _product_spec(source, q).key(), names)
-        factors = store.get(zoo, _factor_key(source, q), names, engine=ENGINE)
+        product = store.get(zoo, _product_spec(source, q).key(), names, precision=precision_of(runtime))
+        factors = store.get(zoo, _factor_key(source, q), names, engine=_engine(runtime))
         if product is None or factors is None:
             return None
         rows += [{"variant": v, "rank": int(q), "task": r["task"], "accuracy": r["accuracy"]}
@@ -132,7 +141,7 @@ def accuracies(runtime: Any, source: str, ranks: Iterable[int], store: Optional[
         frame = experiments.run_spec(runtime, _product_spec(source, q), store, sub)
         rows += [{"variant": PRODUCT, "rank": int(q), "task": t, "accuracy": a}
                  for t, a in zip(frame["task"], frame["accuracy"])]
-        hit = store.get(zoo, _factor_key(source, q), names, engine=ENGINE) if store is not None else None
+        hit = store.get(zoo, _factor_key(source, q), names, engine=_engine(runtime)) if store is not None else None
         if hit is None:
             with experiments.COMPUTE_LOCK:
                 hit = []
@@ -142,7 +151,7 @@ def accuracies(runtime: Any, source: str, ranks: Iterable[int], store: Optional[
                     model = factor_model(runtime.base_state(), runtime.adapter(t, source), q)
                     hit.append({"task": t, "accuracy": float(runtime.accuracy(model, t))})
             if store is not None:
-                store.put(zoo, _factor_key(source, q), hit, engine=ENGINE)
+                store.put(zoo, _factor_key(source, q), hit, engine=_engine(runtime))
         rows += [{"variant": FACTORS, "rank": int(q), "task": r["task"], "accuracy": r["accuracy"]} for r in hit]
     report(on_progress, 1.0, "done")
     return pd.DataFrame(rows, columns=["variant", "rank", "task", "accuracy"])

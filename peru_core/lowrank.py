@@ -80,6 +80,8 @@ class ProductSVD:
         self._uc, self.S, vch = torch.linalg.svd(scale * (self._rb @ self._ra.T), full_matrices=False)
         self._vc = vch.T
         self._qb = self._qa = None
+        # checked once: every rank's truncation takes the same path
+        self._rb_ok, self._ra_ok = self._well_conditioned(self._rb), self._well_conditioned(self._ra)
 
     @staticmethod
     def _well_conditioned(r: torch.Tensor) -> bool:
@@ -87,7 +89,7 @@ class ProductSVD:
         return r.shape[0] == r.shape[1] and bool(d.numel() == 0 or d.min() > 1e-6 * d.max())
 
     def _left(self, q: int) -> torch.Tensor:
-        if self._well_conditioned(self._rb):
+        if self._rb_ok:
             small = torch.linalg.solve_triangular(self._rb, self._uc[:, :q], upper=True)  # r x q, float64
             return (self._B.to(self._dt) @ small.to(self._dt)).to(torch.float64)
         if self._qb is None:
@@ -95,7 +97,7 @@ class ProductSVD:
         return self._qb @ self._uc[:, :q]
 
     def _right(self, q: int) -> torch.Tensor:
-        if self._well_conditioned(self._ra):
+        if self._ra_ok:
             small = torch.linalg.solve_triangular(self._ra, self._vc[:, :q], upper=True)
             return (self._A.T.to(self._dt) @ small.to(self._dt)).T.to(torch.float64)
         if self._qa is None:
@@ -185,14 +187,30 @@ def truncate_adapter(svds: Mapping[str, "LowRank | ProductSVD"], rank: int, dtyp
 
 
 def apply_lowrank(base: Mapping[str, torch.Tensor], parts: Mapping[str, LowRank], *,
-                  keys: Optional[Iterable[str]] = None) -> StateDict:
-    """``base + U S Vh`` for each part; other keys of ``base`` (or of ``keys``) are shared, not copied."""
-    out: StateDict = {k: base[k] for k in (keys if keys is not None else base.keys())}
+                  keys: Optional[Iterable[str]] = None, out: Optional[torch.Tensor] = None) -> StateDict:
+    """``base + U S Vh`` for each part; other keys of ``base`` (or of ``keys``) are shared, not copied.
+
+    ``out``: a flat buffer of at least the parts' total size in their work dtype (see :func:`lowrank_buffer_size`);
+    parts whose base tensor is already in its work dtype are then written into it, in ``parts`` order, and returned
+    as views of it (the same copy + ``addmm_`` as without it, so the same values).
+    """
+    res: StateDict = {k: base[k] for k in (keys if keys is not None else base.keys())}
+    at = 0
     for k, lr in parts.items():
         w = base[k]
         wd = work_dtype(w.dtype)
-        upd = w.to(wd, copy=True)
+        if out is not None and out.dtype == wd == w.dtype:
+            upd = out[at:at + w.numel()].view(w.shape)
+            at += w.numel()
+            upd.copy_(w)
+        else:
+            upd = w.to(wd, copy=True)
         if lr.rank:
             upd.addmm_((lr.U * lr.S).to(wd), lr.Vh.to(wd))
-        out[k] = upd.to(w.dtype)
-    return out
+        res[k] = upd if upd.dtype == w.dtype else upd.to(w.dtype)
+    return res
+
+
+def lowrank_buffer_size(base: Mapping[str, torch.Tensor], keys: Iterable[str]) -> int:
+    """Values an ``apply_lowrank(..., out=)`` buffer needs for the parts on ``keys``."""
+    return sum(base[k].numel() for k in keys)

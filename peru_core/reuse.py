@@ -17,10 +17,11 @@ import torch
 from peru_core.device import DeviceLike
 from peru_core.errors import PeruError
 from peru_core.io import LoraAdapter
-from peru_core.lowrank import LowRank, ProductSVD, adapter_svd, apply_lowrank, truncate_adapter
+from peru_core.lowrank import (LowRank, ProductSVD, adapter_svd, apply_lowrank, lowrank_buffer_size,
+                               truncate_adapter)
 from peru_core.merging.registry import MergeContext, get_method
-from peru_core.sparse import SparseDelta, TopM, check_scope
-from peru_core.statedict import Layout, flat_difference, work_dtype
+from peru_core.sparse import SparseDelta, TopM, check_keep, check_scope
+from peru_core.statedict import Layout, flat_difference, shared_buffer, work_dtype
 from peru_core.types import Progress, StateDict
 
 MODES = ("post-pruning", "peru-fft")
@@ -42,23 +43,42 @@ class SparseReuse:
         dtype = work_dtype(self.layout.dtypes[0]) if self.layout.dtypes else torch.float32
         diff = flat_difference(finetuned, shared, self.layout, dtype=dtype)
         self.selector = TopM(diff, self.layout, scope, device=device, count=count)  # count: see sparse.COUNTS
+        # one preallocated model for every setting and every task of this size: reused while no earlier model is
+        # still held (statedict.shared_buffer)
+        self.buffer = shared_buffer(self.layout.size, dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held: the flat difference and the sorted top slice (positions + values; before it is prepared,
+        0.6x the difference, its size at m = 20%). The model buffer is shared, not counted."""
+        vec = self.selector.vector.numel() * self.selector.vector.element_size()
+        top = sum(o.nbytes + v.nbytes for o, v in zip(self.selector._order, self.selector._vals))
+        return int(vec + (top if self.selector._order else 0.6 * vec))
 
     def task_part(self, keep: float) -> SparseDelta:
         """The sparse task-specific part at ``keep`` percent (values + flat indices; see ``SparseDelta``)."""
         return self.selector.select(keep)
 
     def model(self, keep: float, *, out: Optional[torch.Tensor] = None) -> StateDict:
-        """The reconstructed tuned state dict at ``keep`` percent. ``out``: a flat work buffer to reuse."""
-        return self.task_part(keep).apply(self.shared, out=out)
+        """The reconstructed tuned state dict at ``keep`` percent, in one streaming pass (:meth:`TopM.apply`).
+
+        Written into ``out`` (a flat work buffer) when given, else into the preallocated buffer every task of this
+        size shares, which is reused once the previous model's tensors are all released (otherwise a new buffer is
+        taken), so a model that is kept never changes under its holder."""
+        return self.selector.apply(self.shared, keep, out=out if out is not None else self.buffer.get())
 
     def sweep(self, keeps: Iterable[float], *, reuse_buffer: bool = False) -> Iterator[tuple[float, StateDict]]:
         """``(m, model)`` for every m after one preparation. With ``reuse_buffer`` every model is written into the
-        same flat buffer: consume each before asking for the next."""
+        same flat buffer even while an earlier one is held: consume each before asking for the next."""
+        keeps = [check_keep(m) for m in keeps]
+        below = [m for m in keeps if m < 100]
+        if below and self.selector.count == "round":  # one preparation serves every m
+            self.selector.prepare(max(below))
         buf = None
-        for m, part in self.selector.sweep(keeps):
+        for m in keeps:
             if reuse_buffer and buf is None:
-                buf = torch.empty(self.layout.size, dtype=torch.from_numpy(part.values[:0]).dtype)
-            yield m, part.apply(self.shared, out=buf)
+                buf = torch.empty(self.layout.size, dtype=self.selector.vector.dtype)
+            yield m, self.model(m, out=buf)
 
 
 def shared_model(base: StateDict, finetuned: Sequence[StateDict], mode: str, *, merge: str = "task_arithmetic",
@@ -91,7 +111,14 @@ class LoraReuse:
 
     def __init__(self, base: Mapping[str, torch.Tensor], adapter: LoraAdapter, on_progress: Progress = None):
         self.base, self.adapter = base, adapter
+        # the QR-core SVD of each product, once per task: a rank q then only maps the core's first q singular
+        # vectors through the factors (O(out r q)), never a new QR or SVD
         self.svds: dict[str, ProductSVD] = adapter_svd(adapter, on_progress)
+        dtypes = {base[k].dtype for k in self.svds}
+        dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+        # one preallocated buffer for the updated targets (shared by every task and rank of this size), reused while
+        # no earlier model is still held
+        self.buffer = shared_buffer(lowrank_buffer_size(base, self.svds), work_dtype(dtype))
 
     def task_part(self, rank: int) -> dict[str, LowRank]:
         """Rank-``rank`` factors per target weight, in the base's dtype (what a user stores per task)."""
@@ -106,8 +133,9 @@ class LoraReuse:
         return next(iter(self.base[k].dtype for k in self.svds), torch.float32)
 
     def model(self, rank: int, *, keys: Optional[Iterable[str]] = None) -> StateDict:
-        """``theta_0 + U_q S_q V_q^T`` on every target; other tensors are the base's (shared, not copied)."""
-        return apply_lowrank(self.base, truncate_adapter(self.svds, rank), keys=keys)
+        """``theta_0 + U_q S_q V_q^T`` on every target; other tensors are the base's (shared, not copied). The
+        targets are written into this task's preallocated buffer (a new one while an earlier model is held)."""
+        return apply_lowrank(self.base, truncate_adapter(self.svds, rank), keys=keys, out=self.buffer.get())
 
     def sweep(self, ranks: Iterable[int], *, keys: Optional[Iterable[str]] = None
               ) -> Iterator[tuple[int, StateDict]]:

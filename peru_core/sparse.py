@@ -18,8 +18,10 @@ Conventions (where the paper is silent):
 """
 from __future__ import annotations
 
+import bisect
 import json
 import math
+import sys
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Optional
 
@@ -28,13 +30,12 @@ import torch
 
 from peru_core.device import DeviceLike, resolve_device
 from peru_core.errors import PeruError
-from peru_core.statedict import CHUNK, Layout, flatten, unflatten, work_dtype
+from peru_core.statedict import CHUNK, FUSED_CHUNK, Layout, flatten, unflatten, work_dtype
 from peru_core.types import StateDict
 
 SCOPES = ("global", "per-tensor")
 COUNTS = ("round", "int+1")  # top-m% conventions: ours (exact count) and the TIES authors' code (int + 1, all ties)
 FORMAT = "peru-sparse-v2"  # v2: values + mask or indices (v1: indices)
-_LOW = np.uint64(0xFFFFFFFF)
 
 
 def check_keep(keep: float) -> float:
@@ -86,28 +87,63 @@ def _candidates(x: np.ndarray, thr: float) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
 
-def _sorted_top(x: np.ndarray, k: int, scratch: Optional[np.ndarray] = None) -> np.ndarray:
-    """Positions of the k largest ``|x|``, by decreasing magnitude, ties to the lower position."""
+def _top_keys(x: np.ndarray, thr: float) -> np.ndarray:
+    """One uint64 sort key per entry with ``|x| >= thr`` (float32 ``x``, fewer than 2**31 entries), in chunks.
+
+    High word: the inverted bits of ``|x|`` (monotone for non-negative floats, so an ascending integer sort is by
+    decreasing magnitude); low word: ``position << 1 | sign bit``, which orders ties by increasing position (positions
+    are unique) and carries the sign, so the sorted keys give back the exact values with no gather of ``x``.
+    """
+    n = min(CHUNK, x.size)
+    tmp, hit = np.empty(n, dtype=x.dtype), np.empty(n, dtype=bool)
+    bits = x.view(np.uint32)
+    parts = []
+    for s in range(0, x.size, CHUNK):
+        m = min(CHUNK, x.size - s)
+        np.greater_equal(np.abs(x[s:s + m], out=tmp[:m]), thr, out=hit[:m])
+        found = np.flatnonzero(hit[:m])  # ascending, int64, chunk-relative
+        b = bits[s:s + m][found]  # a gather within the chunk (in cache)
+        found += s
+        found <<= 1
+        found |= b >> np.uint32(31)
+        np.bitwise_and(b, np.uint32(0x7FFFFFFF), out=b)
+        np.subtract(np.uint32(0xFFFFFFFF), b, out=b)
+        key = b.astype(np.uint64)
+        key <<= np.uint64(32)
+        key |= found.view(np.uint64)
+        parts.append(key)
+    return np.concatenate(parts) if parts else np.empty(0, np.uint64)
+
+
+def _decode_keys(top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (int64) and exact float32 values of sorted :func:`_top_keys` keys (``top`` is overwritten)."""
+    if sys.byteorder == "little":  # the two 32-bit words as strided views: no 64-bit temporaries
+        words = top.view(np.uint32).reshape(-1, 2)
+        vb = np.subtract(np.uint32(0xFFFFFFFF), words[:, 1])  # |x| bits
+        sign = np.bitwise_and(words[:, 0], np.uint32(1))
+    else:
+        vb = np.subtract(np.uint32(0xFFFFFFFF), (top >> np.uint64(32)).astype(np.uint32))
+        sign = (top & np.uint64(1)).astype(np.uint32)
+    sign <<= np.uint32(31)
+    vb |= sign  # the sign back
+    top >>= np.uint64(1)  # the low word's position (the high word is shifted out next)
+    top &= np.uint64(0x7FFFFFFF)
+    return top.view(np.int64), vb.view(np.float32)
+
+
+def _sorted_top(x: np.ndarray, k: int, scratch: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and values of the k largest ``|x|``, by decreasing magnitude, ties to the lower position."""
     if k <= 0:
-        return np.empty(0, np.int64)
+        return np.empty(0, np.int64), x[:0]
     thr = kth_largest_abs(x, k, scratch=scratch)
-    cand = _candidates(x, thr)  # all entries >= the k-th largest, ties included
-    if x.dtype == np.float32 and x.size < 2**32:
-        # sort one uint64 key: inverted |x| bits (monotone for non-negative floats) above the position, so a single
-        # SIMD integer sort orders by decreasing magnitude, then increasing position (numpy's argsort is 10x slower)
-        hi = np.abs(x[cand]).view(np.uint32).astype(np.uint64)
-        np.subtract(_LOW, hi, out=hi)
-        hi <<= np.uint64(32)
-        key = cand.astype(np.uint64)
-        del cand
-        key |= hi
-        del hi
+    if x.dtype == np.float32 and x.size < 2**31:
+        # a single SIMD integer sort of packed keys (numpy's argsort is 10x slower), values decoded from the keys
+        key = _top_keys(x, thr)  # all entries >= the k-th largest, ties included
         key.sort()
-        top = key[:k]
-        top &= _LOW  # back to positions, in place
-        return top.view(np.int64)  # positions < 2**32: the same bits as int64
-    order = np.argsort(-np.abs(x[cand]), kind="stable")[:k]
-    return cand[order]
+        return _decode_keys(key[:k])
+    cand = _candidates(x, thr)
+    order = cand[np.argsort(-np.abs(x[cand]), kind="stable")[:k]]
+    return order, x[order]
 
 
 def sorted_top_torch(x: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,8 +166,8 @@ def top_segments_numpy(x: np.ndarray, segs: Segments, counts: list[int], scratch
                        ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per segment ``[s, e)`` of ``x``, the global positions and values of its ``count`` largest ``|x|`` in
     decreasing order (the CPU path: partition, then sort only the kept slice)."""
-    order = [_shift(_sorted_top(x[s:e], k, scratch), s) for k, (s, e) in zip(counts, segs)]
-    return order, [x[o] for o in order]
+    tops = [_sorted_top(x[s:e], k, scratch) for k, (s, e) in zip(counts, segs)]
+    return [_shift(o, s) for (o, _), (s, _e) in zip(tops, segs)], [v for _, v in tops]
 
 
 def top_segments_torch(vector: torch.Tensor, segs: Segments, counts: list[int], device: torch.device
@@ -140,6 +176,46 @@ def top_segments_torch(vector: torch.Tensor, segs: Segments, counts: list[int], 
     on_device = vector.to(device)
     tops = [sorted_top_torch(on_device[s:e], k) for k, (s, e) in zip(counts, segs)]
     return [_shift(o, s) for (o, _), (s, _e) in zip(tops, segs)], [v for _, v in tops]
+
+
+_SIGN_ONLY = {torch.float32: (torch.int32, -2**31), torch.float64: (torch.int64, -2**63),
+              torch.float16: (torch.int16, -2**15), torch.bfloat16: (torch.int16, -2**15)}
+
+
+def has_negative_zero(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds a -0.0 (the bit pattern with only the sign bit set; one integer compare per value)."""
+    kind = _SIGN_ONLY.get(t.dtype)
+    if kind is None:
+        return bool(((t == 0) & torch.signbit(t)).any())
+    return bool(t.reshape(-1).view(kind[0]).eq(kind[1]).any())
+
+
+def _stream_apply(shared: torch.Tensor, v: torch.Tensor, out: torch.Tensor, cut: Optional[float],
+                  select: bool, work: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """``out = shared + v`` where ``|v| > cut`` (everywhere for inf), ``shared`` elsewhere (None), chunk by chunk.
+
+    Computed as ``addcmul(shared, v, [|v| > cut])`` with a 0/1 float mask: one fused kernel, 7x faster than
+    ``torch.where`` on a bool mask. It is the same value wherever kept (``v * 1`` is exact, then the same single
+    add) and ``shared + (+-0) = shared`` elsewhere, except ``-0 + +0 = +0`` (and ``inf * 0 = nan``: ``v`` must be
+    finite): callers pass ``select=True`` (``torch.where``) when ``shared`` holds a -0.0.
+    """
+    if cut is None:
+        out.copy_(shared)
+        return
+    tmp, mask = work
+    for s in range(0, v.numel(), FUSED_CHUNK):
+        e = min(s + FUSED_CHUNK, v.numel())
+        sh, d, o, m = shared[s:e], v[s:e], out[s:e], e - s
+        if sh.dtype != out.dtype:
+            sh = sh.to(out.dtype)
+        if cut == math.inf:
+            torch.add(sh, d, out=o)
+        elif select:
+            hit = torch.abs(d).gt_(cut).bool()
+            torch.where(hit, torch.add(sh, d, out=tmp[:m]), sh, out=o)
+        else:
+            torch.gt(torch.abs(d, out=tmp[:m]), cut, out=mask[:m])  # 1.0 / 0.0
+            torch.addcmul(sh, d, mask[:m], out=o)
 
 
 @dataclass(frozen=True, eq=False)
@@ -282,6 +358,8 @@ class TopM:
         self._k: list[int] = []  # prepared count per segment (one segment for global)
         self._order: list[np.ndarray] = []  # global flat positions by decreasing magnitude, per segment
         self._vals: list[np.ndarray] = []
+        self._all_finite: Optional[bool] = None  # the fast apply path needs a finite vector and no -0.0 in shared
+        self._negzero: Optional[tuple[Mapping[str, torch.Tensor], bool]] = None
 
     @classmethod
     def of(cls, task_vector: Mapping[str, torch.Tensor], scope: str = "global", *,
@@ -326,6 +404,56 @@ class TopM:
         if len(idx) == 1:
             return SparseDelta(self.layout, idx[0], val[0], keep, self.scope)
         return SparseDelta(self.layout, np.concatenate(idx), np.concatenate(val), keep, self.scope)
+
+    def apply(self, shared: Mapping[str, torch.Tensor], keep: float, *,
+              out: Optional[torch.Tensor] = None) -> StateDict:
+        """``shared + top-keep%`` over the layout's keys (views of ``out``, a flat work-dtype buffer, when given).
+
+        Exactly ``self.select(keep).apply(shared, out=out)``, but as one streaming pass instead of a scatter of the
+        kept entries: the top-k set is every entry with ``|v| > t`` (t: the k-th largest magnitude) plus the kept
+        ties at t (the last entries of the sorted prefix, few), so each output value is ``shared + v`` (the same
+        single float add) where kept and ``shared`` elsewhere. ``count="int+1"`` and a vector with a non-finite
+        value take the scatter path.
+        """
+        keep = check_keep(keep)
+        if self.count != "round" or not self._finite():  # thresholds need finite magnitudes
+            return self.select(keep).apply(shared, out=out)
+        segs = self._segments()
+        counts = [keep_count(e - s, keep) for s, e in segs]
+        if any(k < e - s and (not self._k or k > self._k[i]) for i, (k, (s, e)) in enumerate(zip(counts, segs))):
+            self.prepare(keep)
+        flat = out if out is not None else torch.empty(self.layout.size, dtype=self.vector.dtype)
+        cuts, ties = [], []  # per segment: None (keep nothing), inf (keep all) or the strict threshold t
+        for i, (k, (s, e)) in enumerate(zip(counts, segs)):
+            if k == 0 or k == e - s:
+                cuts.append(None if k == 0 else math.inf)
+                continue
+            vals = self._vals[i]
+            t = abs(float(vals[k - 1]))
+            j = bisect.bisect_left(vals, -t, 0, k, key=lambda v: -abs(float(v)))  # first tie at t (descending |v|)
+            cuts.append(t)
+            ties.append((self._order[i][j:k], vals[j:k]))
+        seg_of = (lambda i: 0) if self.scope == "global" else (lambda i: i)
+        select = self._negative_zero(shared)
+        n = min(FUSED_CHUNK, max(1, self.layout.size))
+        work = (torch.empty(n, dtype=flat.dtype), torch.empty(n, dtype=flat.dtype))
+        for i, (key, s, e) in enumerate(self.layout.spans()):
+            _stream_apply(shared[key].reshape(-1), self.vector[s:e], flat[s:e], cuts[seg_of(i)], select, work)
+        for pos, vals in ties:
+            flat.index_add_(0, torch.from_numpy(pos), torch.from_numpy(vals).to(flat.dtype))
+        return unflatten(flat, self.layout)
+
+    def _finite(self) -> bool:
+        """Whether every value of the vector is finite (checked once; the vector is not modified while in use)."""
+        if self._all_finite is None:
+            self._all_finite = bool(torch.isfinite(self.vector).all())
+        return self._all_finite
+
+    def _negative_zero(self, shared: Mapping[str, torch.Tensor]) -> bool:
+        """Whether ``shared`` holds a -0.0 on the layout's keys (checked once per shared mapping)."""
+        if self._negzero is None or self._negzero[0] is not shared:
+            self._negzero = (shared, any(has_negative_zero(shared[k]) for k in self.layout.keys))
+        return self._negzero[1]
 
     def _select_int_plus_one(self, keep: float, segs: Segments) -> SparseDelta:
         """Every ``|v| >=`` the (int(d m / 100) + 1)-th largest, per segment (linear time: one partition, one scan)."""

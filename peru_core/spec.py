@@ -21,6 +21,9 @@ class Mode(str, Enum):
     POST_PRUNING = "post-pruning"  # theta_0 + top-m%(theta_t - theta_0)
     PERU_FFT = "peru-fft"  # theta_star + top-m%(theta_t - theta_star)
     PERU_LORA = "peru-lora"  # theta_0 + rank-q SVD truncation of the LoRA product
+    # theta_0 + rescaler_t * (mask_t o shared task vector): one bitmask (+ rescaler) per task (peru_core/partreuse.py)
+    TALL = "tall"  # TALL masks on Task Arithmetic, https://arxiv.org/abs/2405.07813
+    EMR = "emr"  # EMR-Merging, https://arxiv.org/abs/2405.17461
 
 
 class Source(str, Enum):
@@ -47,17 +50,21 @@ class Scope(str, Enum):
 MODE_LABELS = {
     Mode.PRETRAINED: "Pre-trained", Mode.SINGLE_TASK: "Single-Task", Mode.MERGE: "Merge",
     Mode.POST_PRUNING: "Post-Pruning", Mode.PERU_FFT: "PERU-FFT", Mode.PERU_LORA: "PERU-LoRA",
+    Mode.TALL: "TALL masks", Mode.EMR: "EMR-Merging",
 }
+PART_MODES = (Mode.TALL, Mode.EMR)  # a shared task vector + a bitmask (+ rescaler) per task (peru_core/partreuse.py)
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One method setting. ``params`` is a sorted tuple of (name, value) for the merge's knobs."""
+    """One method setting. ``params`` is a sorted tuple of (name, value) for the merge's knobs: a float, or a
+    string for a choice parameter (one left at its default is omitted, so adding a choice to a method keeps the
+    keys of its stored results)."""
 
     mode: Mode
     source: Source = Source.FULL
     merge: Optional[str] = None
-    params: tuple[tuple[str, float], ...] = ()
+    params: tuple[tuple[str, float | str], ...] = ()
     keep: Optional[float] = None
     rank: Optional[int] = None
     scope: Scope = Scope.GLOBAL
@@ -71,15 +78,22 @@ class RunSpec:
             mode, source, scope = Mode(mode), Source(source), Scope(scope)
         except ValueError as e:
             raise PeruError(f"{e}; check the mode, source and scope names.") from None
-        checked: dict[str, float] = {}
+        checked: dict[str, float | str] = {}
         if mode in (Mode.MERGE, Mode.PERU_FFT):
             if not merge:
                 raise PeruError(f"{MODE_LABELS[mode]} needs a merge method; pick one.")
             from peru_core.merging import get_method  # local: keeps spec import light
 
-            checked = get_method(merge).check_params(params or {})
+            method = get_method(merge)
+            choice_defaults = {p.name: p.default for p in method.params if p.is_choice}
+            checked = {k: v for k, v in method.check_params(params or {}).items()
+                       if k not in choice_defaults or v != choice_defaults[k]}
         else:
             merge = None
+            if mode in PART_MODES:  # TALL / EMR: their knobs are in their own registry entry
+                from peru_core.partreuse import get_part_method
+
+                checked = get_part_method(mode.value).check_params(params or {})
         if mode in (Mode.POST_PRUNING, Mode.PERU_FFT):
             if keep is None or not (0.0 <= float(keep) <= 100.0):
                 raise PeruError(f"Keep m={keep} is out of range; give a percent in [0, 100].")
@@ -98,8 +112,8 @@ class RunSpec:
             source = Source.FULL  # the pre-trained model is the same whatever the fine-tunes
         if mode not in (Mode.POST_PRUNING, Mode.PERU_FFT):
             scope = Scope.GLOBAL
-        return RunSpec(mode, source, merge, tuple(sorted((k, float(v)) for k, v in checked.items())), keep, rank,
-                       scope)
+        values = tuple(sorted((k, v if isinstance(v, str) else float(v)) for k, v in checked.items()))
+        return RunSpec(mode, source, merge, values, keep, rank, scope)
 
     def key(self) -> str:
         """Canonical JSON: stable across processes, used as the store key."""
@@ -122,7 +136,7 @@ class RunSpec:
             base = get_method(self.merge).label
         elif self.mode is Mode.PERU_FFT:
             base = f"PERU-FFT ({get_method(self.merge).label})"
-        if self.mode in (Mode.SINGLE_TASK, Mode.MERGE) or (self.mode is Mode.PERU_LORA and
+        if self.mode in (Mode.SINGLE_TASK, Mode.MERGE, *PART_MODES) or (self.mode is Mode.PERU_LORA and
                                                              self.source is Source.LLORA):
             base += SOURCE_TAGS[self.source]
         return base
@@ -137,6 +151,7 @@ class RunSpec:
                 s += " per-tensor"
         if self.rank is not None:
             s += f" q={self.rank}"
-        if self.params and self.mode is Mode.MERGE:
-            s += " (" + ", ".join(f"{k}={v:g}" for k, v in self.params) + ")"
+        if self.params and self.mode in (Mode.MERGE, *PART_MODES):
+            s += " (" + ", ".join(f"{k}={v if isinstance(v, str) else format(v, 'g')}"
+                                  for k, v in self.params) + ")"
         return s

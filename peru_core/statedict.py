@@ -5,6 +5,8 @@ holds (a zoo's checkpoints may hold only the tuned part of the model). PERU: htt
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Optional, Sequence
 
@@ -136,13 +138,71 @@ def unflatten(vec: torch.Tensor, layout: Layout, *, cast: bool = True) -> StateD
     return out
 
 
+def _storage_uses(t: torch.Tensor) -> Optional[int]:
+    """How many tensors (views, numpy arrays) hold ``t``'s storage; None where torch does not say."""
+    try:
+        return int(torch._C._storage_Use_Count(t.untyped_storage()._cdata))
+    except (AttributeError, RuntimeError):
+        return None
+
+
+class ReusableBuffer:
+    """A flat host buffer handed out again only once nothing refers to what it was last handed out as.
+
+    Why: a sweep point (a new m for a task) rewrites a whole model; writing it into the same, already mapped memory
+    costs a copy, while a fresh allocation also page-faults every page. The buffer is reused only when no view of
+    it (no tensor, no numpy array) is alive any more, so a caller that keeps a model never sees it change: a new
+    buffer is allocated instead (and the kept one lives as long as its views).
+    """
+
+    def __init__(self, n: int, dtype: torch.dtype = torch.float32):
+        self.n, self.dtype = int(n), dtype
+        self._buf: Optional[torch.Tensor] = None
+        self._idle: Optional[int] = None  # the storage's use count when only this object holds it
+        self._lock = threading.Lock()  # two threads never both see it idle
+
+    def get(self) -> torch.Tensor:
+        """A view of the buffer (uninitialised contents), or of a new one while the last is still in use (a view,
+        so that even the returned tensor itself counts as a use)."""
+        with self._lock:
+            if self._buf is None or self._idle is None or _storage_uses(self._buf) != self._idle:
+                self._buf = torch.empty(self.n, dtype=self.dtype)
+                self._idle = _storage_uses(self._buf)
+            return self._buf.view(-1)
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self._buf is None else self.n * self._buf.element_size()
+
+
+_SHARED: "OrderedDict[tuple[int, torch.dtype], ReusableBuffer]" = OrderedDict()
+_SHARED_LOCK = threading.Lock()
+SHARED_BUFFERS = 3  # sizes kept at once (e.g. a zoo's sparse models, its LoRA targets, one more zoo)
+
+
+def shared_buffer(n: int, dtype: torch.dtype = torch.float32) -> ReusableBuffer:
+    """The process-wide :class:`ReusableBuffer` of ``n`` values of ``dtype``: every task and every setting of a zoo
+    writes its model into the same memory while models are evaluated one at a time (the last few sizes are kept;
+    an older one is freed once its views are)."""
+    key = (int(n), dtype)
+    with _SHARED_LOCK:
+        buf = _SHARED.get(key)
+        if buf is None:
+            buf = _SHARED[key] = ReusableBuffer(n, dtype)
+        _SHARED.move_to_end(key)
+        while len(_SHARED) > SHARED_BUFFERS:
+            _SHARED.popitem(last=False)
+        return buf
+
+
 def weighted_sum(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, torch.Tensor]],
                  base_weight: float, task_weight: float, keys: Sequence[str], *,
                  on_progress=None, message: str = "merging") -> StateDict:
     """``base_weight * theta_0 + task_weight * sum_t theta_t`` over ``keys``, in one memory-bound pass.
 
     Works chunk by chunk (each chunk stays in cache while the T inputs stream through), with one preallocated
-    accumulator and in-place ``add_``: every input is read once and the output written once.
+    accumulator and in-place ``add_``: every input is read once and the output written once; the first two inputs
+    are summed straight into the accumulator (one pass fewer than copy + add, the same values).
     """
     block = FUSED_CHUNK
     acc = torch.empty(min(block, max(base[k].numel() for k in keys)))
@@ -153,12 +213,20 @@ def weighted_sum(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[s
             acc = acc.to(wd)
         b_all = base[k].reshape(-1)
         fl = [sd[k].reshape(-1) for sd in finetuned]
+        # one output per tensor, not one flat buffer: tensor-sized blocks are recycled by the allocator across calls,
+        # while a fresh model-sized buffer page-faults on every call (measured: the whole merge 2x slower)
         res = torch.empty(b_all.numel(), dtype=wd)
         for s in range(0, b_all.numel(), block):
             e = min(s + block, b_all.numel())
             a = acc[: e - s]
-            a.copy_(fl[0][s:e])
-            for f in fl[1:]:
+            if len(fl) > 1 and fl[0].dtype == fl[1].dtype == wd:  # summed straight into the accumulator: no copy
+                # pass, same values (16-bit inputs must be widened first, or the add would round in 16 bits)
+                torch.add(fl[0][s:e], fl[1][s:e], out=a)
+                rest = fl[2:]
+            else:
+                a.copy_(fl[0][s:e])
+                rest = fl[1:]
+            for f in rest:
                 a.add_(f[s:e])
             r = res[s:e]
             if base_weight == 0.0:

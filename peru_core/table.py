@@ -10,6 +10,7 @@ from typing import Union
 
 import pandas as pd
 
+from peru_core.errors import PeruError
 from peru_core.fmt import DECIMALS as ACCURACY_DECIMALS, pct
 ACCURACY_COLUMN = "accuracy (%)"
 
@@ -33,10 +34,28 @@ def fmt_accuracy(accuracy: Number) -> str:
     return fmt_percent(float(accuracy) * 100)
 
 
+ESTIMATE_DECIMALS = 1  # an estimate's interval spans points: more decimals would claim precision it lacks
+
+
+def fmt_estimate(accuracy: Number, low: Number, high: Number) -> str:
+    """A quick estimate as text, marked as one: ``0.831, 0.794, 0.862 -> "83.1 (est. 79.4-86.2)"``."""
+    d = ESTIMATE_DECIMALS
+    return f"{float(accuracy) * 100:.{d}f} (est. {float(low) * 100:.{d}f}-{float(high) * 100:.{d}f})"
+
+
+def exact_only(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` after checking that none is an estimate: tables of the paper and CSVs show exact numbers only."""
+    if "estimate" in rows.columns and rows["estimate"].astype(bool).any():
+        raise PeruError("These rows include quick estimates; tables and CSVs take exact rows only (wait for the "
+                        "full evaluation).")
+    return rows.drop(columns=[c for c in ("estimate", "low", "high") if c in rows.columns])
+
+
 def results_csv(rows: pd.DataFrame) -> str:
     """Tidy result rows (one per spec and task, as ``experiments.run_spec`` returns them) as CSV text, accuracy in
     percent with 2 decimals under ``accuracy (%)``; #params and bytes as whole numbers."""
-    out = rows.drop(columns=[c for c in ("cached",) if c in rows.columns]).copy()
+    out = exact_only(rows)
+    out = out.drop(columns=[c for c in ("cached",) if c in out.columns]).copy()
     if "accuracy" in out.columns:
         out.insert(int(out.columns.get_loc("accuracy")), ACCURACY_COLUMN, out.pop("accuracy").map(fmt_accuracy))
     return out.to_csv(index=False)
@@ -47,6 +66,7 @@ def paper_table(rows: pd.DataFrame, task_labels: dict[str, str] | None = None) -
     average is taken before rounding), #params, bytes."""
     if rows.empty:
         return pd.DataFrame()
+    rows = exact_only(rows)
     order = list(dict.fromkeys(rows["label"]))
     tasks = list(dict.fromkeys(rows["task"]))
     wide = rows.pivot_table(index="label", columns="task", values="accuracy", aggfunc="first")[tasks] * 100

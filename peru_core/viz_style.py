@@ -49,6 +49,9 @@ _FIXED: dict[str, Style] = {
     "single-task": Style("#000000", "star", 1),
     "post-pruning": Style("#2ca02c", "triangle-down", 40),
     "peru-lora": Style("#e6007e", "hexagon", 60),
+    # a bitmask per task on a shared task vector (peru_core/partreuse.py): after Post-Pruning, before PERU-FFT
+    "tall masks": Style("#00a087", "diamond-tall", 44),
+    "emr-merging": Style("#6a3d9a", "star-diamond", 46),
 }
 _SPARE = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#31a354", "#756bb1")
 

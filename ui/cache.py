@@ -1,4 +1,5 @@
-"""Cached wrappers: one ZooRuntime per (zoo folder, content hash, device); result frames keyed by spec keys.
+"""Cached wrappers: one ZooRuntime per (zoo folder, content hash, device, precision); result frames keyed by spec
+keys and precision.
 
 ``st.cache_resource`` holds the runtime (a model and checkpoints: shared, never modified); ``st.cache_data`` holds
 small results (DataFrames). Tensors never key a cache: the zoo's content hash and the spec keys do. Computations run
@@ -50,11 +51,23 @@ def zoo_at(root: str | Path) -> Zoo:
 
 
 @st.cache_resource(show_spinner="Loading the zoo's model and checkpoints…", max_entries=3)
-def runtime(root: str, content_hash: str, device: str):
-    """The shared :class:`ZooRuntime` (model, checkpoints, heads, test data) for a zoo on a device."""
+def runtime(root: str, content_hash: str, device: str, precision: str = "float32"):
+    """The shared :class:`ZooRuntime` (model, checkpoints, heads, test data) for a zoo on a device, evaluating at
+    ``precision`` ("bf16" on a CUDA GPU only)."""
     from peru_core.zoo.runtime import ZooRuntime
 
-    return ZooRuntime(load_zoo(root), device, content_hash=content_hash)  # hashed once, by zoo_hash()
+    threads()
+    return ZooRuntime(load_zoo(root), device, content_hash=content_hash,  # hashed once, by zoo_hash()
+                      precision=precision)
+
+
+@st.cache_resource(show_spinner=False)
+def threads() -> int:
+    """torch's thread count, set once at the server's engine start from the cores actually free
+    (``$PERU_THREADS`` overrides; :func:`peru_core.device.configure_threads`)."""
+    from peru_core.device import configure_threads
+
+    return configure_threads()
 
 
 def store() -> ResultsStore:
@@ -65,37 +78,58 @@ def store() -> ResultsStore:
 def missing(rt, specs: Sequence[RunSpec], content_hash: str) -> list[RunSpec]:
     """The specs whose rows the store lacks for some task of the zoo."""
     s, tasks = store(), rt.zoo.task_names
-    return [sp for sp in specs if s.get(content_hash, sp.key(), tasks) is None]
+    return [sp for sp in specs if s.get(content_hash, sp.key(), tasks, precision=rt.precision) is None]
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
-def _frame(content_hash: str, keys: tuple[str, ...], _rt) -> pd.DataFrame:
+def _frame(content_hash: str, keys: tuple[str, ...], precision: str, _rt) -> pd.DataFrame:
     from peru_core import experiments
 
     return experiments.run_specs(_rt, [RunSpec.from_key(k) for k in keys], store=store())
 
 
 def results(rt, specs: Sequence[RunSpec], content_hash: str) -> pd.DataFrame:
-    """Rows of specs that are all stored (no compute: a moved slider comes back at once); call
+    """Exact rows of specs that are all stored (no compute: a moved slider comes back at once); call
     :func:`missing` first and :func:`compute` for what is not."""
-    return _frame(content_hash, tuple(sp.key() for sp in specs), rt)
+    return _frame(content_hash, tuple(sp.key() for sp in specs), rt.precision, rt)
+
+
+def estimated(rt, specs: Sequence[RunSpec]) -> pd.DataFrame | None:
+    """While a job computes: every spec's exact rows where stored, else its quick estimates (``estimate`` True,
+    with ``low``/``high``); None when some spec has neither yet. Reads the store only (never cached: the job
+    replaces estimates with exact rows)."""
+    from peru_core import experiments
+
+    frames = [experiments.stored_rows(rt, sp, store()) for sp in specs]
+    if any(f is None for f in frames):
+        return None
+    return pd.concat(frames, ignore_index=True)
 
 
 def job_key(rt, specs: Sequence[RunSpec]) -> str:
     """The identity of the job that computes ``specs`` on this zoo (a page asks for the same key after a reload)."""
-    return "specs:" + rt.content_hash + ":" + "|".join(sorted(sp.key() for sp in specs))
+    precision = "" if rt.precision == "float32" else f"+{rt.precision}"  # a bf16 job is another job
+    return "specs:" + rt.content_hash + precision + ":" + "|".join(sorted(sp.key() for sp in specs))
 
 
-def submit(rt, specs: Sequence[RunSpec], what: str, key: str | None = None) -> jobs.Job:
+def submit(rt, specs: Sequence[RunSpec], what: str, key: str | None = None, *,
+           estimates: bool = False) -> jobs.Job:
     """Start computing (and storing) ``specs`` as a background job, or join the one already doing it.
 
     ``key`` names the job (default: :func:`job_key` of ``specs``): pages pass the key of everything they show, so
-    the same view finds its job again after a reload, while only the missing settings are computed."""
+    the same view finds its job again after a reload, while only the missing settings are computed. With
+    ``estimates`` each setting is first estimated on a stratified subset (:func:`estimated` reads them)."""
     from peru_core import experiments
 
     specs = list(specs)
-    return jobs.jobs().submit(key or job_key(rt, specs), what, lambda progress: experiments.run_specs(
-        rt, specs, store=store(), on_progress=progress))
+
+    def work(progress) -> pd.DataFrame:
+        # with ``estimates``: quick estimates first (stored apart; the watching page reruns on
+        # progress.updated() and shows them), then the exact rows that replace them
+        on_estimate = (lambda spec, rows: progress.updated()) if estimates else None
+        return experiments.run_specs(rt, specs, store=store(), on_progress=progress, on_estimate=on_estimate)
+
+    return jobs.jobs().submit(key or job_key(rt, specs), what, work)
 
 
 def compute(rt, specs: Sequence[RunSpec], what: str = "Computing") -> pd.DataFrame:

@@ -4,7 +4,8 @@ A job runs in its own thread, so a reload, a closed tab or a moved slider does n
 writes its results (the results store for run specs, a bounded cache for t-SNE), and a page that asks for the same
 work finds the job and shows its progress. Jobs queue behind each other (two users pressing Compute: the second is
 told what it waits for). Cancel is checked at each progress report, between tasks: the store writes one
-transaction per spec, so a cancelled job leaves the settings it finished and nothing partial.
+transaction per spec, so a cancelled job leaves the settings it finished and nothing partial. A job that has
+something new to show before it ends (quick estimates) calls ``progress.updated()``: a page watching it reruns.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class Job:
     error: str = ""
     result: Any = None
     behind: str = ""  # what a queued job waits for
+    updates: int = 0  # bumped when the job has something new to show before it ends (quick estimates)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
 
@@ -112,6 +114,11 @@ class Jobs:
                 raise Cancelled
             job.fraction, job.message = min(max(float(fraction), 0.0), 1.0), message
 
+        def updated() -> None:
+            job.updates += 1
+
+        progress.updated = updated  # type: ignore[attr-defined]
+
         try:
             self._wait_turn(job)
             job.state = RUNNING
@@ -168,7 +175,7 @@ def watch(key: str, name: str) -> Optional[Job]:
     if job is None:
         return None
     if job.active:
-        _progress(key, name)
+        _progress(key, name, job.updates)
     elif job.state == CANCELLED:
         st.warning(f"{job.what} was cancelled: the settings it had finished are stored, nothing partial is. "
                    "Press Compute to start it again.", icon=":material/cancel:")
@@ -178,10 +185,10 @@ def watch(key: str, name: str) -> Optional[Job]:
 
 
 @st.fragment(run_every=0.5)
-def _progress(key: str, name: str) -> None:
+def _progress(key: str, name: str, seen: int = 0) -> None:
     job = jobs().get(key)
-    if job is None or not job.active:
-        st.rerun()  # the whole page: it now finds the results (or how the job ended)
+    if job is None or not job.active or job.updates != seen:
+        st.rerun()  # the whole page: it now finds the results, new estimates, or how the job ended
     with st.container(key=f"{name}_job"):
         st.progress(job.fraction, text=label(job))
         if st.button("Cancel", key=f"{name}_cancel", icon=":material/cancel:",

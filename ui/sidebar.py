@@ -1,4 +1,5 @@
-"""The sidebar on every page: which zoo (demo, a folder on disk, one created by upload) and which device."""
+"""The sidebar on every page: which zoo (demo, a folder on disk, one created by upload), which device, and (with a
+CUDA GPU) which evaluation precision."""
 from __future__ import annotations
 
 import os
@@ -19,6 +20,8 @@ NAV = (("app.py", "Home", ":material/home:"), ("pages/1_Merge_lab.py", "Merge la
        ("pages/4_Embeddings.py", "Embeddings", ":material/scatter_plot:"),
        ("pages/5_Upload.py", "Upload", ":material/upload_file:"))
 KINDS = {"demo": "Demo zoo", "folder": "A zoo folder on disk", "uploaded": "A zoo created by upload"}
+PRECISION = "precision"  # widget key (kept across pages)
+PRECISIONS = {"float32": "float32 (exact)", "bf16": "bfloat16 (faster on a GPU)"}
 
 
 def demo_root() -> Path:
@@ -39,11 +42,12 @@ class Context:
     zoo: Zoo
     zoo_hash: str
     device: str
+    precision: str = "float32"
 
     @property
     def runtime(self):
         """The cached :class:`ZooRuntime` (loads the model on first use)."""
-        return cache.runtime(str(self.zoo.root), self.zoo_hash, self.device)
+        return cache.runtime(str(self.zoo.root), self.zoo_hash, self.device, self.precision)
 
 
 def folder_root(text: str) -> Path | str:
@@ -84,6 +88,22 @@ def _pick_root() -> Path | str | None:
     return demo_root()
 
 
+def _pick_precision(device: str) -> str:
+    """The evaluation precision: a choice only on a CUDA device (bf16 autocast); float32 elsewhere, where a GPU
+    exists but the CPU is picked the choice is shown disabled with the reason, and without a GPU not at all."""
+    if "cuda" not in available_devices():
+        return "float32"
+    if not str(device).startswith("cuda"):
+        st.sidebar.selectbox("Precision", options=list(PRECISIONS), format_func=PRECISIONS.get, index=0,
+                             disabled=True, key=PRECISION + "_cpu",
+                             help="bfloat16 runs on the GPU only; pick cuda as the device to choose it.")
+        return "float32"
+    return state.kept(st.sidebar.selectbox, "Precision", key=PRECISION, options=list(PRECISIONS),
+                      format_func=PRECISIONS.get, index=0,
+                      help="float32 gives the exact numbers; bfloat16 evaluates faster on the GPU, its accuracies "
+                      "may differ slightly and are stored apart from float32 ones (never shown as them).")
+
+
 def context(required: bool = True) -> Context | None:
     """Draw the sidebar and return the chosen zoo and device; with ``required`` stop the page (one sentence)
     when no zoo can be loaded."""
@@ -97,6 +117,7 @@ def context(required: bool = True) -> Context | None:
     devices = available_devices()
     device = state.kept(st.sidebar.selectbox, "Device", key=state.DEVICE, options=devices, index=0,
                         help="Where merges and evaluations run: the GPU when there is one, else the CPU.")
+    precision = _pick_precision(device)
     if root is None:
         if required:
             st.info("Pick a zoo in the sidebar to start.")
@@ -106,7 +127,7 @@ def context(required: bool = True) -> Context | None:
         if isinstance(root, PeruError):
             raise root
         zoo = cache.zoo_at(root)
-        ctx = Context(zoo, cache.zoo_hash(zoo), device)
+        ctx = Context(zoo, cache.zoo_hash(zoo), device, precision)
     except PeruError as e:
         if not required:
             st.sidebar.warning(str(e))

@@ -4,14 +4,20 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 from peru_core.merging import get_method
+from peru_core.partreuse import PART_METHODS, PartMethod
 from peru_core.spec import SOURCE_TAGS, RunSpec, Source
 from peru_core.zoo.manifest import Zoo
 from ui.widgets import usable_methods
 
-# the reuse modes per kind of fine-tune: every adapter kind (LoRA, L-LoRA) offers the same ones
+# TALL masks, EMR-Merging: a bitmask per task on a shared task vector (peru_core/partreuse.py); on adapters they
+# mask the folded updates B A
+_MASKED = {m.name: f"{m.label} (a bitmask per task)" for m in PART_METHODS.values()}
+# the reuse modes per kind of fine-tune: every adapter kind (LoRA, L-LoRA) offers the same ones; PERU's last (the
+# Merge lab's default)
 REUSE_MODES = {
-    "full": {"merge": "None (the merge alone)", "post-pruning": "Post-Pruning", "peru-fft": "PERU-FFT"},
-    **{s.value: {"merge": "None (the merge alone)", "peru-lora": "PERU-LoRA"} for s in Source if s.is_adapter},
+    "full": {"merge": "None (the merge alone)", **_MASKED, "post-pruning": "Post-Pruning", "peru-fft": "PERU-FFT"},
+    **{s.value: {"merge": "None (the merge alone)", **_MASKED, "peru-lora": "PERU-LoRA"} for s in Source
+       if s.is_adapter},
 }
 DEFAULT_KEEPS = (1.0, 5.0, 10.0, 20.0, 40.0)
 KEEP_GRID = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0)
@@ -31,6 +37,11 @@ def uses_merge(mode: str) -> bool:
     return mode in MERGE_MODES
 
 
+def part_method(mode: str) -> Optional[PartMethod]:
+    """The registry entry of a mask-reuse mode (TALL, EMR): its Params feed the Merge lab's sliders; else None."""
+    return PART_METHODS.get(mode)
+
+
 def lab(source: str, merge: Optional[str], params: Mapping[str, Any], mode: str, keep: Optional[float],
         rank: Optional[int], scope: str) -> list[RunSpec]:
     """The Merge lab's rows: references, the merge (when the mode builds on it), and the chosen reuse; the last
@@ -44,11 +55,23 @@ def lab(source: str, merge: Optional[str], params: Mapping[str, Any], mode: str,
         specs.append(RunSpec.make("peru-fft", source, merge, params, keep=keep, scope=scope))
     elif mode == "peru-lora":
         specs.append(RunSpec.make("peru-lora", source, rank=rank))
+    elif part_method(mode) is not None:
+        specs += _masked_specs(mode, source, params)
     return specs
 
 
+def _masked_specs(mode: str, source: str, params: Optional[Mapping[str, Any]]) -> list[RunSpec]:
+    """A mask-reuse spec, after the merge whose task vector it masks (TALL: Task Arithmetic at the same lam)."""
+    method = PART_METHODS[mode]
+    spec = RunSpec.make(mode, source, params=params)
+    if method.merge is None:
+        return [spec]
+    return [RunSpec.make("merge", source, method.merge, method.merge_spec_params(dict(spec.params))), spec]
+
+
 def method_options(source: str, zoo: Zoo) -> dict[str, str]:
-    """Trade-offs choices: id -> label (``post-pruning``, ``peru-fft:<merge>``, ``merge:<merge>``, ``peru-lora``)."""
+    """Trade-offs choices: id -> label (``post-pruning``, ``peru-fft:<merge>``, ``merge:<merge>``, ``peru-lora``,
+    ``tall``, ``emr``)."""
     merges = usable_methods(zoo)
     out: dict[str, str] = {}
     if source == "full":
@@ -56,6 +79,7 @@ def method_options(source: str, zoo: Zoo) -> dict[str, str]:
         out.update({f"peru-fft:{m.name}": f"PERU-FFT ({m.label})" for m in merges})
     else:
         out["peru-lora"] = "PERU-LoRA"
+    out.update({m.name: m.label + SOURCE_TAGS[Source(source)] for m in PART_METHODS.values()})
     out.update({f"merge:{m.name}": m.label + SOURCE_TAGS[Source(source)] for m in merges})
     return out
 
@@ -89,6 +113,8 @@ def sweep(source: str, methods: Sequence[str], keeps: Sequence[float], ranks: Se
             specs += [RunSpec.make("peru-lora", source, rank=q) for q in ranks]
         elif kind == "merge":
             specs.append(RunSpec.make("merge", source, merge, params))
+        elif kind in PART_METHODS:  # one point each, at the registry defaults
+            specs.append(RunSpec.make(kind, source))
     return list(dict.fromkeys(specs))
 
 
@@ -117,4 +143,6 @@ def panel(option: str, source: str, keep: float, rank: int) -> RunSpec:
         return RunSpec.make("post-pruning", source, keep=keep)
     if kind == "peru-fft":
         return RunSpec.make("peru-fft", source, merge, params, keep=keep)
+    if kind in PART_METHODS:
+        return RunSpec.make(kind, source)
     return RunSpec.make("peru-lora", source, rank=rank)

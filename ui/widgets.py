@@ -12,6 +12,9 @@ from ui import state
 
 SOURCES = {"full": "Full fine-tunes", "lora": "LoRA fine-tunes", "llora": "L-LoRA fine-tunes"}
 DEFAULT_MERGE = "task_arithmetic"
+TEST_TIME_WARNING = ("**Trains at test time.** This merge learns its coefficients on the unlabelled test images of "
+                     "every task (never their labels), the same images it is then scored on: its accuracy is not "
+                     "comparable with a data-free merge's.")
 
 
 def slider_step(p: Param) -> float:
@@ -25,9 +28,17 @@ def slider_step(p: Param) -> float:
 
 
 def param_sliders(prefix: str, method: MergeMethod) -> dict[str, Any]:
-    """One slider per registered parameter of ``method`` (range, default and help from its Param)."""
+    """One widget per registered parameter of ``method``: a slider for a number (range, default and help from its
+    Param), a selectbox for a choice (its labels name the tools that use each convention)."""
     values: dict[str, Any] = {}
     for p in method.params:
+        if p.is_choice:
+            values[p.name] = state.kept(
+                st.selectbox, p.title, key=state.param_key(prefix, method.name, p.name), options=list(p.choices),
+                index=p.choices.index(p.default), format_func=p.choice_label,
+                help=f"{p.help[:1].upper()}{p.help[1:]} (`{p.name}` on the command line: "
+                     f"{', '.join(p.choices)}).")
+            continue
         cast = int if p.integer else float
         values[p.name] = state.kept(
             st.slider, p.title, key=state.param_key(prefix, method.name, p.name), min_value=cast(p.low),
@@ -39,7 +50,7 @@ def param_sliders(prefix: str, method: MergeMethod) -> dict[str, Any]:
 def usable_methods(zoo: Zoo) -> list[MergeMethod]:
     """Registered merges that this zoo can run (Fisher / RegMean need validation data on every task)."""
     has_val = all(t.validation is not None for t in zoo.tasks)
-    return [m for m in list_methods() if has_val or not m.needs]
+    return [m for m in list_methods() if has_val or not m.needs_validation]
 
 
 def merge_picker(prefix: str, zoo: Zoo, label: str = "Merge method") -> tuple[str, dict[str, Any]]:
@@ -51,6 +62,8 @@ def merge_picker(prefix: str, zoo: Zoo, label: str = "Merge method") -> tuple[st
                       format_func=lambda n: get_method(n).label, help=_help(methods))
     method = get_method(name)
     st.caption(f"{method.summary} ([paper]({method.paper}))" if method.summary else f"[paper]({method.paper})")
+    if method.test_time:
+        st.warning(TEST_TIME_WARNING, icon=":material/warning:")
     return name, param_sliders(prefix, method)
 
 

@@ -3,6 +3,10 @@
     python -m peru_core merge --base B.safetensors --finetuned T1.safetensors T2.safetensors \
         --method ties --param k=20 --param lam=1.0 --out merged.safetensors [--prefix visual.]
 
+A choice parameter takes one of its names, e.g. FusionBench's TIES: ``--param lam=0.3 --param trim_count=int+1
+--param zero_sign=majority --param aggregate=sum``; a tool's name (``peru``, ``fusionbench``, ``ties-paper``,
+``mergekit``) is an alias of its choice, so ``--param zero_sign=fusionbench`` works too.
+
 The output holds the same keys as the fine-tuned inputs (the whole model with the default ``--prefix ""``).
 """
 from __future__ import annotations
@@ -72,7 +76,8 @@ def add_parser(subparsers) -> None:
                               description=__doc__.splitlines()[0])
     add_common(p)
     p.add_argument("--method", required=True, help=f"merge method: {names}")
-    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter, e.g. lam=0.3 (repeat)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="method parameter, e.g. lam=0.3 or a choice such as zero_sign=majority (repeat)")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.set_defaults(func=run)
 
@@ -81,8 +86,9 @@ def run(args: argparse.Namespace) -> int:
     method = get_method(args.method)
     params = method.check_params(parse_params(args.param))  # before reading gigabytes
     if method.needs:
-        raise PeruError(f"{method.label} needs a model and validation data; run it on a zoo from the dashboard "
-                        "or the sweep command.")
+        data = "validation images" if method.needs_validation else "the unlabelled test images it trains on"
+        raise PeruError(f"{method.label} needs a model and {data}; run it on a zoo from the dashboard or the sweep "
+                        "command.")
     if Path(args.out).suffix != ".safetensors":
         raise PeruError(f"--out {args.out} should end in .safetensors; merged models are written as safetensors.")
     device = resolve_device(args.device)  # a bad --device fails before gigabytes are read too

@@ -17,10 +17,15 @@ from peru_core.errors import PeruError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="compute the paper's table for a zoo (per-task accuracy, #params, bytes)")
     p.add_argument("--zoo", default="demo", help="'demo' (the built-in zoo) or a zoo folder holding zoo.json")
-    p.add_argument("--methods", nargs="+", metavar="NAME", help="merge methods to include (default: the paper's five: average task_arithmetic fisher regmean ties)")
+    p.add_argument("--methods", nargs="+", metavar="NAME",
+                   help="merge methods to include, or the mask-reuse modes tall and emr (default: the paper's five: "
+                   "average task_arithmetic fisher regmean ties)")
     p.add_argument("--keeps", nargs="+", type=float, default=None, help="m%% values (default 1 5 10 20)")
     p.add_argument("--ranks", nargs="+", type=int, default=None, help="q values (default 1 2 4 8 16)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--precision", default="float32", choices=("float32", "bf16"),
+                   help="evaluation precision: float32 (default) or bf16 (a CUDA GPU only: autocast of the image "
+                   "tower's matrix products; its rows are stored apart from float32 ones)")
     p.add_argument("--no-store", action="store_true", help="compute everything again, store nothing")
     p.add_argument("--specs", metavar="FILE", help="a JSON spec file to run instead of the paper's table "
                    "(--methods, --keeps and --ranks then do not apply)")
@@ -57,6 +62,8 @@ def _check(args: argparse.Namespace) -> None:
         raise PeruError("--workers must be at least 1.")
     if args.max_retries < 0:
         raise PeruError("--max-retries must be 0 or more.")
+    if args.ray is not None and getattr(args, "precision", "float32") != "float32":
+        raise PeruError("--precision bf16 applies to sweeps on this machine; leave it out with --ray.")
     if args.ray is not None:
         try:
             import ray  # noqa: F401
@@ -80,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     zoo = demo_zoo() if args.zoo == "demo" else load_zoo(args.zoo)
     # with --ray the driver only reads costs and the store: the workers pick their own device
-    runtime = ZooRuntime(zoo, device="cpu" if args.ray is not None else args.device)
+    runtime = ZooRuntime(zoo, device="cpu" if args.ray is not None else args.device,
+                         precision=getattr(args, "precision", "float32"))
     if args.specs:
         specs = read_spec_file(args.specs)
     else:
@@ -90,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ray is None:
         rows = experiments.run_specs(runtime, specs, store, on_progress=_progress)
         sys.stderr.write("\n")
-        where = runtime.device
+        where = runtime.device if runtime.precision == "float32" else f"{runtime.device} ({runtime.precision})"
     else:
         from peru_core.raysweep import run_specs_ray
 

@@ -30,7 +30,7 @@ import torch
 
 from peru_core.device import DeviceLike, resolve_device
 from peru_core.merging.registry import MergeContext, Param, merge_method
-from peru_core.merging.ties_conventions import DEFAULT as DEFAULT_CONVENTION, ties_merge_convention
+from peru_core.merging.ties_conventions import DEFAULT as DEFAULT_CONVENTION, PRESETS, ties_merge_convention
 from peru_core.sparse import keep_count
 from peru_core.statedict import FUSED_CHUNK as CHUNK, Layout, flat_difference, tuned_keys, work_dtype
 from peru_core.types import Progress, StateDict, report
@@ -123,12 +123,44 @@ def ties_merge(base: StateDict, finetuned: Sequence[StateDict], k: float, lam: f
     return out
 
 
+def _aliases(option: str) -> dict[str, str]:
+    """A tool's name for its choice of ``option`` (``fusionbench`` -> ``majority`` for ``zero_sign``)."""
+    return {preset: convention[option] for preset, convention in PRESETS.items()}
+
+
+# Other tools' conventions as choices (defaults: ours, so the default spec's key and results are unchanged); a
+# tool's name is an alias of its choice (PRESETS), so ``--param zero_sign=fusionbench`` works too.
+CONVENTION_PARAMS = (
+    Param.choice("trim_count", "round", ("round", "int+1", "int"),
+                 "how many entries the trim keeps out of d at k%", label="Trim count",
+                 labels=("round(d·k) plus ties (PERU Studio)", "int(d·k) + 1 plus ties (FusionBench, TIES code)",
+                         "exactly int(d·k) (mergekit)"),
+                 aliases=_aliases("trim_count")),
+    Param.choice("zero_sign", "base", ("base", "majority", "plus"),
+                 "what an entry whose elected sign is 0 gets", label="Zero elected sign",
+                 labels=("keep the base value (PERU Studio)",
+                         "sign of the sum of all elected signs (FusionBench, TIES code)", "elect + (mergekit)"),
+                 aliases=_aliases("zero_sign")),
+    Param.choice("scope", "global", ("global", "per-tensor"), "what the top-k% trim ranks over",
+                 label="Trim over", labels=("the whole task vector (PERU Studio, FusionBench)",
+                                            "each tensor (mergekit)"), aliases=_aliases("scope")),
+    Param.choice("aggregate", "mean", ("mean", "sum"), "how the agreeing entries are combined",
+                 label="Agreeing entries", labels=("disjoint mean (PERU Studio, TIES paper, mergekit)",
+                                                   "disjoint sum (FusionBench's default, with λ = 0.3)"),
+                 aliases=_aliases("aggregate")),
+)
+
+
 @merge_method("ties", label="TIES-Merging", paper="https://arxiv.org/abs/2306.01708",
               params=(Param("k", 20.0, 0.0, 100.0, "percent of each task vector kept (trim)", step=1.0, label="Kept k",
                             unit="%"),
-                      Param("lam", 1.0, 0.0, 3.0, "scale of the merged task vector", step=0.05, label="Scaling λ")),
+                      Param("lam", 1.0, 0.0, 3.0, "scale of the merged task vector", step=0.05, label="Scaling λ"),
+                      *CONVENTION_PARAMS),
               summary="Trim each task vector, elect a sign per entry, average the agreeing entries.")
-def ties(base: StateDict, finetuned: Sequence[StateDict], *, k: float, lam: float,
+def ties(base: StateDict, finetuned: Sequence[StateDict], *, k: float, lam: float, trim_count: str = "round",
+         zero_sign: str = "base", scope: str = "global", aggregate: str = "mean",
          context: Optional[MergeContext] = None, on_progress: Progress = None, device: DeviceLike = None) -> StateDict:
-    """Trim each task vector, elect a sign per entry, average the agreeing entries."""
-    return ties_merge(base, finetuned, k, lam, on_progress=on_progress, device=device)
+    """Trim each task vector, elect a sign per entry, average the agreeing entries (conventions: see
+    :mod:`peru_core.merging.ties_conventions`)."""
+    return ties_merge(base, finetuned, k, lam, on_progress=on_progress, device=device, trim_count=trim_count,
+                      zero_sign=zero_sign, scope=scope, aggregate=aggregate)

@@ -1,4 +1,5 @@
-"""The :class:`~peru_core.merging.registry.MergeContext` of a zoo: Fisher diagonals and RegMean Gram matrices.
+"""The :class:`~peru_core.merging.registry.MergeContext` of a zoo: Fisher diagonals and RegMean Gram matrices, and
+for AdaMerging a differentiable forward on unlabelled test images.
 
 Both statistics use each task's validation images (never its labels, never the test set), as in Fisher merging
 (Matena & Raffel, https://arxiv.org/abs/2111.09832) and RegMean (Jin et al., https://arxiv.org/abs/2212.09849),
@@ -12,12 +13,16 @@ the data-driven merges PERU (https://arxiv.org/abs/2310.01886) compares against.
   ``nn.MultiheadAttention`` holds a packed ``in_proj_weight`` and calls no ``nn.Linear``, so a pre-hook on the
   attention module takes its input (for ``in_proj_weight``) and recomputes the attention output that feeds
   ``out_proj`` (for ``out_proj.weight``).
+- AdaMerging (Yang et al., https://arxiv.org/abs/2310.02575) trains its coefficients at test time: shuffled batches
+  of each task's test images (the labels are dropped here, never handed out) and a functional forward
+  (``torch.func.functional_call``) of the image tower and the task's frozen head, differentiable in the tuned
+  tensors it is given.
 """
 from __future__ import annotations
 
 import hashlib
 import warnings
-from typing import Callable, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -169,3 +174,30 @@ class ZooContext:
                 for h in hooks:
                     h.remove()
         return {k: v.cpu() for k, v in out.items()}
+
+    # --- AdaMerging: unlabelled test images, differentiable logits ---------------------------------------
+    def test_batches(self, task: TaskRef, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+        """Endless batches of ``batch_size`` test images of ``task`` (no labels), like a shuffled DataLoader that
+        restarts: a new seeded permutation each epoch, the last batch of an epoch possibly smaller."""
+        x, _ = self.rt.data(task, "test")  # the labels stay here
+        n, batch_size = len(x), max(1, int(batch_size))
+        gen = torch.Generator().manual_seed(int(seed) + 7919 * self.rt.zoo.task_names.index(self.rt.spec(task).name))
+        while True:
+            order = torch.randperm(n, generator=gen).to(x.device)
+            for i in range(0, n, batch_size):
+                yield x[order[i:i + batch_size]]
+
+    def logits_fn(self, task: TaskRef) -> Callable[[Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor]:
+        """``f(tuned, images)``: logits of ``images`` (``normalize(image features) @ head.T``, the head scaled by
+        CLIP's logit scale) with the tuned tensors ``tuned`` swapped in by ``functional_call``, differentiable in
+        them; tuned keys not given take the base value."""
+        rt = self.rt
+        head = rt.head(task).clone()  # a normal tensor: inference tensors cannot take part in autograd
+        base = rt.base_state()
+
+        def forward(tuned: Mapping[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+            params = {f"m.{k}": v.to(rt.device) for k, v in {**base, **tuned}.items()}
+            with rt.lock:  # the swap is on the shared model: no other thread may use it meanwhile
+                return functional_call(_ImageLogits(rt.model, head), params, (images.to(rt.device),))
+
+        return forward

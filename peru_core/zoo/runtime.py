@@ -2,28 +2,39 @@
 
 Every reuse method of PERU (https://arxiv.org/abs/2310.01886) ends in "evaluate this tuned state dict on task t";
 :class:`ZooRuntime` makes that call cheap: the state dict is copied into the existing parameters (no rebuild), the
-frozen heads come from the never-tuned text tower once per task, and test sets are preprocessed once. The model
-(and open_clip, a 3 s import) is built on first use, so answering from the results store, costs and specs need only
-the base checkpoint.
+frozen heads come from the never-tuned text tower once per task, and test sets are preprocessed once and kept (on
+the GPU when there is one and they fit its share, in host memory otherwise; both bounded, least recently used
+evicted first). The model (and open_clip, a 3 s import) is built on first use, so answering from the results store,
+costs and specs need only the base checkpoint. Quick estimates (:mod:`peru_core.estimate`) evaluate a fixed
+stratified subset of each test set, gathered once per task.
 """
 from __future__ import annotations
 
 import math
+import os
 import threading
+from collections import OrderedDict
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
 from peru_core.data import load_task_data
-from peru_core.device import resolve_device
+from peru_core import estimate as est
+from peru_core.device import batch_size_for, check_precision, resolve_device
 from peru_core.errors import PeruError
-from peru_core.evaluate import DEFAULT_BATCH, accuracy_of, image_features, load_tuned, predict
+from peru_core.evaluate import accuracy_of, autocast, image_features, load_tuned, predict
 from peru_core.io import load_lora_adapter, load_state_dict, read_file_header, validate_adapter
 from peru_core.types import StateDict
 from peru_core.zoo.manifest import TaskSpec, Zoo
 
 TaskRef = int | str
+DATA_GB = 4.0  # host memory for preprocessed test sets ($PERU_DATA_GB overrides)
+GPU_DATA_SHARE = 0.25  # of the GPU's total memory, for test sets kept there
+
+
+def _nbytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class ZooRuntime:
@@ -33,12 +44,15 @@ class ZooRuntime:
     treat them as read-only (build new tensors, never modify them in place).
     """
 
-    def __init__(self, zoo: Zoo, device: Optional[str] = None, batch_size: int = DEFAULT_BATCH, *,
-                 content_hash: Optional[str] = None) -> None:
-        """``content_hash``: the zoo's :meth:`Zoo.content_hash` when the caller has it (hashing reads every file)."""
+    def __init__(self, zoo: Zoo, device: Optional[str] = None, batch_size: Optional[int] = None, *,
+                 content_hash: Optional[str] = None, precision: str = "float32") -> None:
+        """``content_hash``: the zoo's :meth:`Zoo.content_hash` when the caller has it (hashing reads every file).
+        ``batch_size``: images per forward pass (default: :func:`peru_core.device.batch_size_for` the device,
+        measured on first use). ``precision``: "float32", or "bf16" on a CUDA GPU (results are keyed by it)."""
         self.zoo = zoo
         self.device = resolve_device(device)
-        self.batch_size = batch_size
+        self.precision = check_precision(precision, self.device)
+        self._batch_size = batch_size
         self.prefix = zoo.tuned_prefix
         self._lock = threading.RLock()
         self._content_hash = content_hash
@@ -54,7 +68,11 @@ class ZooRuntime:
         self._tokenizer: Any = None
         self._image_size = 0
         self._heads: dict[str, torch.Tensor] = {}
-        self._data: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._data: OrderedDict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._subsets: dict[tuple[str, str], tuple[np.ndarray, torch.Tensor, torch.Tensor]] = {}
+        self._host_budget = int(float(os.environ.get("PERU_DATA_GB", DATA_GB)) * 2**30)
+        self._gpu_budget = (int(torch.cuda.get_device_properties(self.device).total_memory * GPU_DATA_SHARE)
+                            if self.device.type == "cuda" else 0)
         self._finetuned: dict[str, StateDict] = {}
         self._adapters: dict[tuple[str, str], Any] = {}
 
@@ -169,19 +187,71 @@ class ZooRuntime:
         return self._heads[spec.name]
 
     def data(self, task: TaskRef, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
-        """Preprocessed images and labels of ``split`` ("test" or "validation"), cached."""
+        """Preprocessed images and labels of ``split`` ("test" or "validation"), preprocessed once and kept (GPU
+        first, then host memory, each within its budget; the least recently used sets are evicted first)."""
         spec = self.spec(task)
         key = (spec.name, split)
-        if key not in self._data:
-            ref = spec.test if split == "test" else spec.validation if split == "validation" else None
-            if ref is None:
-                raise PeruError(f"Task {spec.name!r} has no {split} data; add '{split}' to zoo.json.")
-            x, y = load_task_data(ref, spec.classes, self.image_size, mean=self.zoo.image_mean or None,
-                                  std=self.zoo.image_std or None)
-            if self.device.type == "cuda" and x.numel() * 4 < (1 << 30):
-                x = x.to(self.device)  # small sets live on the GPU: no copy per evaluation
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+        ref = spec.test if split == "test" else spec.validation if split == "validation" else None
+        if ref is None:
+            raise PeruError(f"Task {spec.name!r} has no {split} data; add '{split}' to zoo.json.")
+        x, y = load_task_data(ref, spec.classes, self.image_size, mean=self.zoo.image_mean or None,
+                              std=self.zoo.image_std or None)
+        with self._lock:
+            if key in self._data:  # another thread preprocessed it meanwhile
+                return self._data[key]
+            on_gpu = sum(_nbytes(v[0]) for v in self._data.values() if v[0].device.type == "cuda")
+            if self.device.type == "cuda" and on_gpu + _nbytes(x) <= self._gpu_budget:
+                x = x.to(self.device)  # evaluation then copies nothing per batch
             self._data[key] = (x, y)
-        return self._data[key]
+            self._evict()
+            return self._data[key]
+
+    def _evict(self) -> None:
+        """Drop the least recently used host-memory sets (and their subsets) beyond the budget; the newest stays."""
+        def host() -> int:
+            return sum(_nbytes(x) for x, _ in self._data.values() if x.device.type == "cpu")
+
+        while len(self._data) > 1 and host() > self._host_budget:
+            key = next(iter(self._data))
+            del self._data[key]
+            self._subsets.pop(key, None)
+
+    def subset(self, task: TaskRef, split: str = "test") -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """The estimate subset of ``task``'s ``split`` set: (indices into the full set, its images, its labels);
+        the fixed seeded stratified pick of :func:`peru_core.estimate.stratified_subset`, gathered once."""
+        x, y = self.data(task, split)
+        key = (self.spec(task).name, split)
+        with self._lock:
+            if key not in self._subsets:
+                index = est.stratified_subset(y.numpy(), est.DEFAULT_FRACTION, est.DEFAULT_SEED)
+                pick = torch.from_numpy(index)
+                self._subsets[key] = (index, x[pick.to(x.device)], y[pick])
+            return self._subsets[key]
+
+    @property
+    def batch_size(self) -> int:
+        """Images per forward pass: given, ``$PERU_BATCH``, or what the device's memory allows (measured once)."""
+        if self._batch_size is None:
+            self._batch_size = batch_size_for(self.device, self._bytes_per_image())
+        return self._batch_size
+
+    def _bytes_per_image(self) -> int:
+        """Peak GPU memory of one image's forward pass, measured on a small batch (0 on the CPU: not needed)."""
+        if self.device.type != "cuda" or os.environ.get("PERU_BATCH"):
+            return 0
+        n = 16
+        x = torch.zeros(n, 3, self.image_size, self.image_size, device=self.device)
+        with self._lock, torch.inference_mode(), autocast(self.device, self.precision):
+            torch.cuda.synchronize(self.device)
+            start = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.model.encode_image(x)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        return max(1, (peak - start) // n)
 
     # --- evaluation --------------------------------------------------------------------------------------
     def load(self, tuned: StateDict) -> torch.nn.Module:
@@ -197,10 +267,20 @@ class ZooRuntime:
     def predictions(self, tuned: StateDict, task: TaskRef, split: str = "test") -> np.ndarray:
         """Predicted class index per image of ``task``'s ``split`` set."""
         x, _ = self.data(task, split)
-        head = self.head(task)
+        return self._predict(tuned, task, x)
+
+    def _predict(self, tuned: StateDict, task: TaskRef, x: torch.Tensor) -> np.ndarray:
+        head, batch = self.head(task), self.batch_size
         with self._lock:
             self.load(tuned)
-            return predict(self.model, head, x, batch_size=self.batch_size).numpy()
+            return predict(self.model, head, x, batch_size=batch, precision=self.precision).numpy()
+
+    def estimate(self, tuned: StateDict, task: TaskRef, split: str = "test") -> est.Estimate:
+        """The quick estimate of ``tuned``'s accuracy on ``task``: evaluated on the stratified subset only."""
+        index, x, y_sub = self.subset(task, split)
+        _, y = self.data(task, split)
+        ok = self._predict(tuned, task, x) == y_sub.numpy()
+        return est.estimate_of(ok, y.numpy(), index, est.DEFAULT_FRACTION, est.DEFAULT_SEED)
 
     def accuracy(self, tuned: StateDict, task: TaskRef, split: str = "test") -> float:
         """Top-1 accuracy in [0, 1] of ``tuned`` on ``task``'s held-out ``split`` set."""
@@ -219,5 +299,6 @@ class ZooRuntime:
             x, y = x[:limit], y[:limit]
         with self._lock:
             self.load(tuned)
-            feats = image_features(self.model, x, batch_size=self.batch_size, device=self.device)
+            feats = image_features(self.model, x, batch_size=self.batch_size, device=self.device,
+                                   precision=self.precision)
         return feats.cpu().numpy(), y.numpy()

@@ -89,7 +89,10 @@ def test_every_method_shapes_dtypes_finite(method, base, tuned):
     """Every registered method without ``needs`` (future ones too): keys, shapes, dtypes, finite values."""
     assert method.label and method.paper.startswith("http")
     for p in method.params:
-        assert p.low <= p.default <= p.high and p.help
+        if p.is_choice:  # a selectbox: its default is one of its options, each with a label
+            assert p.default in p.choices and p.help and all(p.choice_label(c) for c in p.choices)
+        else:
+            assert p.low <= p.default <= p.high and p.help
     out = method(base, tuned, **method.defaults())
     assert set(out) == set(tuned[0])
     for k, v in out.items():
