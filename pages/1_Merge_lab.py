@@ -53,7 +53,7 @@ with page.user_errors():
         job_key = cache.job_key(rt, wanted)
         job = jobs.jobs().get(job_key) if todo else None
         running = job is not None and job.active
-        auto = state.kept(st.toggle, "Compute automatically", key=state.LAB_AUTO, value=False,
+        auto = state.kept(st.toggle, "Auto-compute", key=state.LAB_AUTO, value=False,
                           help="Compute each new setting as soon as a slider moves (seconds on the demo zoo).")
         clicked = st.button("Compute", key=state.LAB_COMPUTE, type="primary", disabled=not todo or running)
     with right:

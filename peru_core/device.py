@@ -69,6 +69,21 @@ def check_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def env_count(name: str, example: str) -> Optional[int]:
+    """A positive whole number from the environment variable ``name``, or None when it is unset or empty; a
+    one-sentence PeruError (with ``example``) when it is anything else."""
+    forced = os.environ.get(name)
+    if not forced:
+        return None
+    try:
+        value = int(forced)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise PeruError(f"{name}={forced!r} is not a positive whole number; unset it or give e.g. {example}.")
+    return value
+
+
 # --- batch size ------------------------------------------------------------------------------------------------
 CPU_BATCH = 256  # on the CPU larger batches gain nothing (the GEMMs are already cache-bound) and cost memory
 GPU_MEMORY_SHARE = 0.5  # of the free GPU memory, for one evaluation batch's activations
@@ -79,15 +94,9 @@ def batch_size_for(device: torch.device, bytes_per_image: int) -> int:
     """Images per evaluation batch: on a GPU, as many as fit in half its free memory at ``bytes_per_image`` of
     peak activations each (measured by the caller), within [32, 4096]; on the CPU, :data:`CPU_BATCH`.
     ``$PERU_BATCH`` overrides both."""
-    forced = os.environ.get("PERU_BATCH")
-    if forced:
-        try:
-            value = int(forced)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise PeruError(f"PERU_BATCH={forced!r} is not a positive whole number; unset it or give e.g. 256.")
-        return value
+    forced = env_count("PERU_BATCH", "256")
+    if forced is not None:
+        return forced
     if device.type != "cuda":
         return CPU_BATCH
     free, _ = torch.cuda.mem_get_info(device)
@@ -148,15 +157,8 @@ def configure_threads(force: bool = False) -> int:
     ``$PERU_THREADS`` when set, else :func:`free_cores`. Later calls return the count set first unless ``force``."""
     if _THREADS_SET and not force:
         return _THREADS_SET[0]
-    forced = os.environ.get("PERU_THREADS")
-    if forced:
-        try:
-            n = int(forced)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise PeruError(f"PERU_THREADS={forced!r} is not a positive whole number; unset it or give e.g. 2.")
-    else:
+    n = env_count("PERU_THREADS", "2")
+    if n is None:
         n = free_cores()
     torch.set_num_threads(n)
     _THREADS_SET[:] = [n]

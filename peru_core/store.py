@@ -17,8 +17,9 @@ import json
 import os
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import pandas as pd
 
@@ -97,6 +98,22 @@ class ResultsStore:
         con.execute("PRAGMA busy_timeout=60000")
         return con
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``), rolled back on any error or interrupt, so a
+        cancelled compute never leaves half a spec's rows."""
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+
     def get(self, zoo_hash: str, spec_key: str, tasks: Iterable[str], engine: Optional[str] = None, *,
             precision: str = DEFAULT_PRECISION) -> Optional[list[dict]]:
         """All exact rows for the spec on these tasks computed by ``engine`` (default: the current engine version of
@@ -121,9 +138,7 @@ class ResultsStore:
         dropped, and so are the spec's estimates at that precision (the exact numbers replace them)."""
         engine = engine if engine is not None else engine_key(spec_key, precision)
         now = time.time()
-        con = self._connect()
-        try:
-            con.execute("BEGIN IMMEDIATE")
+        with self._transaction() as con:
             stale = [e for (e,) in con.execute("SELECT DISTINCT engine FROM results WHERE zoo_hash=? AND spec_key=?",
                                                (zoo_hash, spec_key)) if e != engine
                      and _precision_of(e) == _precision_of(engine)]
@@ -134,13 +149,6 @@ class ResultsStore:
                 "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(zoo_hash, spec_key, engine, r["task"], float(r["accuracy"]),
                   json.dumps({k: v for k, v in r.items() if k not in ("task", "accuracy")}), now) for r in rows])
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
 
     def put_estimates(self, zoo_hash: str, spec_key: str, rows: list[dict], *,
                       precision: str = DEFAULT_PRECISION) -> None:
@@ -148,26 +156,16 @@ class ResultsStore:
         (one transaction). Skipped when the spec's exact rows are already stored: an estimate never shadows them."""
         engine = engine_key(spec_key, precision)
         now = time.time()
-        con = self._connect()
-        try:
-            con.execute("BEGIN IMMEDIATE")
+        with self._transaction() as con:
             if con.execute("SELECT 1 FROM results WHERE zoo_hash=? AND spec_key=? AND engine=? LIMIT 1",
                            (zoo_hash, spec_key, engine)).fetchone():
-                con.execute("COMMIT")  # the exact rows are there: nothing to estimate
-                return
+                return  # the exact rows are there: nothing to estimate
             con.execute("DELETE FROM estimates WHERE zoo_hash=? AND spec_key=? AND engine<>?",
                         (zoo_hash, spec_key, engine))
             con.executemany(
                 "INSERT OR REPLACE INTO estimates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(zoo_hash, spec_key, engine, r["task"], float(r["accuracy"]), float(r["low"]), float(r["high"]),
                   int(r["n"]), int(r["total"]), now) for r in rows])
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
 
     def estimates(self, zoo_hash: str, spec_key: str, tasks: Iterable[str], *,
                   precision: str = DEFAULT_PRECISION) -> Optional[list[dict]]:

@@ -104,7 +104,10 @@ def task_bars(df: pd.DataFrame, height: int = 380) -> go.Figure:
     for trace in fig.data:  # adapter rows hatched: Single-Task, [LoRA] and [L-LoRA] share a colour
         if isinstance(hatch.get(trace.name), str):
             trace.marker.pattern.shape = hatch[trace.name]
-    fig.update_layout(yaxis_range=[0, 100], legend_title_text="", margin=dict(t=30, b=10))
+    # the legend above the plot, wrapping as needed: beside it, long labels ("TALL masks (lam=1,
+    # tall_mask_lambda=0.6)") squeezed the bars to a sliver in a narrow column
+    fig.update_layout(yaxis_range=[0, 100], legend_title_text="", margin=dict(t=30, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
     return fig
 
 

@@ -166,8 +166,9 @@ def table5_figure(summary: pd.DataFrame, keep: float, title: str) -> go.Figure:
     plus = [fft.loc[m, "accuracy"] * 100.0 if m in fft.index else None for m in merges["merge"]]
     fig.add_trace(go.Bar(y=names, x=plus, orientation="h", name=f"+ PERU-FFT: top-{keep:g}% of u_t per task",
                          marker_color=style("PERU-FFT (Task Arithmetic)").color,
-                         text=[f"{v:.2f}" if v is not None else "" for v in plus], textposition="outside",
-                         cliponaxis=False, hovertemplate=f"%{{y}} + PERU-FFT {keep:g}%: %{{x:.2f}}%<extra></extra>"))
+                         # inside the bar's end: outside, the value sat on the Single-Task line just beyond it
+                         text=[f"{v:.2f}" if v is not None else "" for v in plus], textposition="inside",
+                         insidetextanchor="end", textfont_color="white", hovertemplate=f"%{{y}} + PERU-FFT {keep:g}%: %{{x:.2f}}%<extra></extra>"))
     for mode, name, color in (("pretrained", "Pre-trained", "#555555"), ("single-task", "Single-Task", "#000000")):
         ref = summary[summary["mode"] == mode]
         if not ref.empty:

@@ -127,14 +127,21 @@ def planner_section(ctx, source: str, methods: Sequence[str], keeps: Sequence[fl
                     key="to_plan_chart")
 
 
+def _has_full(rt, what: str) -> bool:
+    """Whether every task has a full fine-tune; else says so (``what``: why the view needs them) and is False."""
+    if Source.FULL in available_sources(rt):
+        return True
+    st.info(f"{what}: this zoo has no full fine-tune for every task.")
+    return False
+
+
 # ---------------------------------------------------------------- Table 10
 @st.fragment
 @page.guarded
 def table10_section(ctx, scope: str) -> None:
     rt = ctx.runtime
     st.subheader("Prune θ_t itself, or its difference? (Table 10)")
-    if Source.FULL not in available_sources(rt):
-        st.info("Table 10 prunes full fine-tunes: this zoo has no full fine-tune for every task.")
+    if not _has_full(rt, "Table 10 prunes full fine-tunes"):
         return
     st.markdown("Each task keeps the top-$m\\%$ entries by magnitude of one vector: $\\theta_t$ itself (zero "
                 "elsewhere, nothing shared), $v_t = \\theta_t - \\theta_0$ added to the pre-trained model "
@@ -167,8 +174,7 @@ def table10_section(ctx, scope: str) -> None:
 def task_count_section(ctx, scope: str) -> None:
     rt = ctx.runtime
     st.subheader("How many tasks can share one model? (Table 7 / Appendix B.3)")
-    if Source.FULL not in available_sources(rt):
-        st.info("This view merges full fine-tunes: this zoo has no full fine-tune for every task.")
+    if not _has_full(rt, "This view merges full fine-tunes"):
         return
     names = ctx.zoo.task_names
     st.markdown("Subsets of the zoo's tasks, each merged from only its own fine-tunes and evaluated on its own "
@@ -217,8 +223,7 @@ def task_count_section(ctx, scope: str) -> None:
 def table5_section(ctx, scope: str) -> None:
     rt = ctx.runtime
     st.subheader("PERU-FFT on top of every merge (Table 5)")
-    if Source.FULL not in available_sources(rt):
-        st.info("PERU-FFT reuses full fine-tunes: this zoo has no full fine-tune for every task.")
+    if not _has_full(rt, "PERU-FFT reuses full fine-tunes"):
         return
     methods = widgets.usable_methods(ctx.zoo)
     c = st.columns([1, 3])
