@@ -276,6 +276,15 @@ def precision_of(runtime: Any) -> str:
     return getattr(runtime, "precision", "float32")
 
 
+def _data_driven_merge_first(runtime: Any, spec: RunSpec, on_progress: Progress) -> float:
+    """Build a data-driven merge (Fisher, RegMean, AdaMerging, which trains for a while) before evaluating, with its
+    own progress on the first half of the bar; returns the share of the bar it took (0 for the other specs)."""
+    if not (spec.merge and get_method(spec.merge).needs):
+        return 0.0
+    merged_model(runtime, spec, lambda f, msg: report(on_progress, 0.5 * f, f"{spec.label}: {msg}"))
+    return 0.5
+
+
 def run_spec(runtime: Any, spec: RunSpec, store: Optional[ResultsStore] = None,
              on_progress: Progress = None) -> pd.DataFrame:
     """Per-task accuracy (held-out test sets) and costs of ``spec``: from the store when present, else computed
@@ -288,10 +297,7 @@ def run_spec(runtime: Any, spec: RunSpec, store: Optional[ResultsStore] = None,
             return _rows(runtime, spec, {r["task"]: r["accuracy"] for r in hit}, cached=True)
     with COMPUTE_LOCK:
         accs: dict[str, float] = {}
-        # a data-driven merge (AdaMerging trains for a while) builds first, with its own progress on the first half
-        first = 0.5 if spec.merge and get_method(spec.merge).needs else 0.0
-        if first:
-            merged_model(runtime, spec, lambda f, msg: report(on_progress, first * f, f"{spec.label}: {msg}"))
+        first = _data_driven_merge_first(runtime, spec, on_progress)
         for i, t in enumerate(names):
             report(on_progress, first + (1 - first) * i / len(names), f"{spec.label}: evaluating {t}")
             accs[t] = float(runtime.accuracy(task_model(runtime, spec, i), t))
@@ -311,9 +317,7 @@ def estimate_spec(runtime: Any, spec: RunSpec, store: Optional[ResultsStore] = N
     if store is not None and store.get(zoo_hash, spec.key(), names, precision=precision) is not None:
         return None
     with COMPUTE_LOCK:
-        first = 0.5 if spec.merge and get_method(spec.merge).needs else 0.0
-        if first:
-            merged_model(runtime, spec, lambda f, msg: report(on_progress, first * f, f"{spec.label}: {msg}"))
+        first = _data_driven_merge_first(runtime, spec, on_progress)
         ests = {}
         for i, t in enumerate(names):
             report(on_progress, first + (1 - first) * i / len(names), f"{spec.label}: estimating {t}")
