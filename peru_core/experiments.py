@@ -41,13 +41,12 @@ ROW_COLUMNS = ["spec_key", "label", "method", "mode", "source", "merge", "keep",
 
 
 def _approx_bytes(value: Any) -> int:
-    """Rough memory held by a memoised value: tensors of a state dict, or a reuse object's flat work vectors."""
+    """Rough memory held by a memoised value: tensors of a state dict, or what an object with ``nbytes`` says
+    (``SparseReuse``, ``partreuse.MaskedParts``)."""
     if isinstance(value, dict):
         return sum(t.numel() * t.element_size() for t in value.values() if isinstance(t, torch.Tensor))
-    if hasattr(value, "nbytes"):  # e.g. partreuse.MaskedParts (TALL / EMR)
+    if hasattr(value, "nbytes"):
         return int(value.nbytes)
-    if isinstance(value, SparseReuse):
-        return int(value.layout.size * 4 * 1.6)  # the flat difference plus the sorted top slice
     return 0
 
 

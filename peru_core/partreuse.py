@@ -54,7 +54,7 @@ class MaskedParts:
 
     def mask(self, task: int) -> torch.Tensor:
         """Task ``task``'s mask as a flat bool tensor of d entries."""
-        return torch.from_numpy(np.unpackbits(self.masks[task], count=self.layout.size).view(np.bool_))
+        return unpack_mask(self.masks[task], self.layout.size)
 
     def kept(self, task: int) -> int:
         """Entries of the shared vector task ``task`` uses (ones in its mask)."""
@@ -68,6 +68,11 @@ class MaskedParts:
     def model(self, base: Mapping[str, torch.Tensor], task: int) -> StateDict:
         """``theta_0 + delta_t`` over the layout's keys, in ``base``'s dtypes (other keys of ``base`` as they are)."""
         return apply_delta(base, self.delta(task), self.layout)
+
+
+def unpack_mask(bits: np.ndarray, d: int) -> torch.Tensor:
+    """A packed bitmask (numpy.packbits order, as stored in ``peru-mask-v1`` files) as a flat bool tensor of d."""
+    return torch.from_numpy(np.unpackbits(bits, count=d).view(np.bool_))
 
 
 def apply_delta(base: Mapping[str, torch.Tensor], delta: torch.Tensor, layout: Layout) -> StateDict:

@@ -49,11 +49,8 @@ class SparseReuse:
 
     @property
     def nbytes(self) -> int:
-        """Memory held: the flat difference and the sorted top slice (positions + values; before it is prepared,
-        0.6x the difference, its size at m = 20%). The model buffer is shared, not counted."""
-        vec = self.selector.vector.numel() * self.selector.vector.element_size()
-        top = sum(o.nbytes + v.nbytes for o, v in zip(self.selector._order, self.selector._vals))
-        return int(vec + (top if self.selector._order else 0.6 * vec))
+        """Memory held: the selector's (:attr:`TopM.nbytes`); the model buffer is shared, not counted."""
+        return self.selector.nbytes
 
     def task_part(self, keep: float) -> SparseDelta:
         """The sparse task-specific part at ``keep`` percent (values + flat indices; see ``SparseDelta``)."""

@@ -405,6 +405,14 @@ class TopM:
             return SparseDelta(self.layout, idx[0], val[0], keep, self.scope)
         return SparseDelta(self.layout, np.concatenate(idx), np.concatenate(val), keep, self.scope)
 
+    @property
+    def nbytes(self) -> int:
+        """Host memory held: the flat vector and the sorted top slice (positions + values); before it is prepared,
+        0.6x the vector, the slice's size at m = 20%."""
+        vec = self.vector.numel() * self.vector.element_size()
+        top = sum(o.nbytes + v.nbytes for o, v in zip(self._order, self._vals))
+        return int(vec + (top if self._order else 0.6 * vec))
+
     def apply(self, shared: Mapping[str, torch.Tensor], keep: float, *,
               out: Optional[torch.Tensor] = None) -> StateDict:
         """``shared + top-keep%`` over the layout's keys (views of ``out``, a flat work-dtype buffer, when given).

@@ -24,13 +24,12 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
-import numpy as np
 import torch
 
 from peru_core.accounting import safetensors_bytes
 from peru_core.errors import PeruError
 from peru_core.lowrank import LowRank, apply_lowrank
-from peru_core.partreuse import MaskedParts, apply_delta
+from peru_core.partreuse import MaskedParts, apply_delta, unpack_mask
 from peru_core.sparse import FORMAT as SPARSE, SparseDelta, part_entries, part_metadata
 from peru_core.statedict import Layout, flatten
 from peru_core.types import StateDict
@@ -153,7 +152,7 @@ class MaskPart:
     rescaler: float
 
     def mask(self) -> torch.Tensor:
-        return torch.from_numpy(np.unpackbits(self.bits.numpy(), count=self.layout.size).view(np.bool_))
+        return unpack_mask(self.bits.numpy(), self.layout.size)
 
     def apply(self, shared: Mapping[str, torch.Tensor], vector: Mapping[str, torch.Tensor]) -> StateDict:
         """``shared + rescaler * (mask o vector)`` over the layout's keys (float32 arithmetic)."""

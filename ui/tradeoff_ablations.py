@@ -135,6 +135,12 @@ def _has_full(rt, what: str) -> bool:
     return False
 
 
+def _fft_keep(key: str) -> float:
+    """The m% of PERU-FFT for a view (10% by default)."""
+    return state.kept(st.selectbox, "PERU-FFT m", key=key, options=list(SPARSE_KEEPS),
+                      index=list(SPARSE_KEEPS).index(10.0), format_func=lambda v: f"{v:g}%")
+
+
 # ---------------------------------------------------------------- Table 10
 @st.fragment
 @page.guarded
@@ -190,8 +196,7 @@ def task_count_section(ctx, scope: str) -> None:
                            format_func={m.name: m.label for m in methods}.get,
                            help="At its registry defaults; PERU-FFT adds the top-m% of u_t on top of it.")
     with c[1]:
-        keep = state.kept(st.selectbox, "PERU-FFT m", key=TC_KEEP, options=list(SPARSE_KEEPS),
-                          index=list(SPARSE_KEEPS).index(10.0), format_func=lambda v: f"{v:g}%")
+        keep = _fft_keep(TC_KEEP)
     with c[2]:
         cap = int(state.kept(st.number_input, "Subsets per T (at most)", key=TC_CAP, min_value=1, max_value=50,
                              value=3, step=1, help="All subsets of a size when there are this many or fewer, else "
@@ -228,8 +233,7 @@ def table5_section(ctx, scope: str) -> None:
     methods = widgets.usable_methods(ctx.zoo)
     c = st.columns([1, 3])
     with c[0]:
-        keep = state.kept(st.selectbox, "PERU-FFT m", key=T5_KEEP, options=list(SPARSE_KEEPS),
-                          index=list(SPARSE_KEEPS).index(10.0), format_func=lambda v: f"{v:g}%")
+        keep = _fft_keep(T5_KEEP)
     with c[1]:
         merges = state.kept(st.multiselect, "Merges", key=T5_MERGES, options=[m.name for m in methods],
                             default=[m.name for m in methods if not m.test_time],

@@ -1,6 +1,11 @@
 """Helpers for the AppTest tests (a plain module: "conftest" names clash between test folders)."""
 from __future__ import annotations
 
+import base64
+import json
+from typing import Any
+
+import numpy as np
 from streamlit.testing.v1 import AppTest
 
 
@@ -29,3 +34,23 @@ def press(at: AppTest, key: str) -> AppTest:
     """Press a Compute button and return the page once what it started has finished."""
     ok(at.button(key=key).click().run())
     return computed(at)
+
+
+def _decode(x: Any) -> Any:
+    """Plotly's JSON writes numeric arrays as ``{"dtype", "bdata", "shape"}`` (base64): back to (nested) lists."""
+    if isinstance(x, dict) and "bdata" in x and "dtype" in x:
+        a = np.frombuffer(base64.b64decode(x["bdata"]), dtype=np.dtype(x["dtype"]))
+        shape = [int(n) for n in str(x.get("shape", a.size)).split(",")]
+        return a.reshape(shape).tolist()
+    if isinstance(x, dict):
+        return {k: _decode(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_decode(v) for v in x]
+    return x
+
+
+def chart(at: AppTest, key: str) -> dict:
+    """The plotly figure drawn under ``key``, as a dict of plain lists."""
+    found = [c for c in at.get("plotly_chart") if c.proto.id and key in c.proto.id]
+    assert found, f"no chart {key}"
+    return _decode(json.loads(found[0].proto.spec))

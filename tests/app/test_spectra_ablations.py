@@ -1,35 +1,12 @@
 """The Spectra page's ablation views on the tiny zoo: task-vector similarity, where the task part lives, Table 6."""
 from __future__ import annotations
 
-import base64
-import json
-
 import numpy as np
 import pytest
 
-from app_helpers import computed, ok, open_page
+from app_helpers import chart, computed, ok, open_page
 
 PAGE = "pages/3_Spectra.py"
-
-
-def _decode(x):
-    """Plotly's JSON writes numeric arrays as ``{"dtype", "bdata", "shape"}`` (base64): back to lists."""
-    if isinstance(x, dict) and "bdata" in x and "dtype" in x:
-        a = np.frombuffer(base64.b64decode(x["bdata"]), dtype=np.dtype(x["dtype"]))
-        shape = [int(n) for n in str(x.get("shape", a.size)).split(",")]
-        return a.reshape(shape).tolist()
-    if isinstance(x, dict):
-        return {k: _decode(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_decode(v) for v in x]
-    return x
-
-
-def _chart(at, key: str) -> dict:
-    """The plotly figure drawn under ``key``, as a dict of plain lists."""
-    found = [c for c in at.get("plotly_chart") if c.proto.id and key in c.proto.id]
-    assert found, f"no chart {key}"
-    return _decode(json.loads(found[0].proto.spec))
 
 
 def _captions(at, start: str) -> list[str]:
@@ -38,7 +15,7 @@ def _captions(at, start: str) -> list[str]:
 
 def test_similarity_heatmap_per_source_and_layer(app):
     at = open_page(app, PAGE)
-    fig = _chart(at, "sp_sim_heatmap")
+    fig = chart(at, "sp_sim_heatmap")
     z = np.array(fig["data"][0]["z"], dtype=float)
     assert z.shape == (2, 2) and np.allclose(np.diag(z), 1.0)
     assert fig["data"][0]["zmid"] == 0.0
@@ -46,7 +23,7 @@ def test_similarity_heatmap_per_source_and_layer(app):
     full = _captions(at, "Full fine-tunes, all layers (flattened)")
     assert full and f"{z[0, 1]:.3f}" in full[0]
     ok(at.radio(key="sp_sim_source").set_value("lora").run())
-    lora = _chart(at, "sp_sim_heatmap")
+    lora = chart(at, "sp_sim_heatmap")
     assert not np.allclose(np.array(lora["data"][0]["z"], float)[0, 1], z[0, 1])
     layers = at.selectbox(key="sp_sim_layer_lora").options
     assert len(layers) == 3  # flattened + the two adapted MLP matrices
@@ -60,7 +37,7 @@ def test_part_layout_bars_sum_to_the_part(app):
     ok(at.radio(key="sp_lay_method").set_value("post-pruning").run())
     ok(at.slider(key="sp_lay_keep").set_value(10.0).run())
     ok(at.radio(key="sp_lay_value").set_value("share").run())
-    fig = _chart(at, "sp_layout_bars")
+    fig = chart(at, "sp_layout_bars")
     kept = np.array([c[0] for c in fig["data"][0]["customdata"]], dtype=np.int64)
     sizes = np.array([c[1] for c in fig["data"][0]["customdata"]], dtype=np.int64)
     assert kept.sum() == int(np.floor(sizes.sum() * 0.10 + 0.5))  # global top-10%: the part's nnz
@@ -68,14 +45,14 @@ def test_part_layout_bars_sum_to_the_part(app):
     assert _captions(at, f"{kept.sum():,} kept entries")
     ok(at.radio(key="sp_lay_method").set_value("lora").run())
     ok(at.slider(key="sp_lay_rank_lora").set_value(2).run())
-    fig = _chart(at, "sp_layout_bars")
+    fig = chart(at, "sp_layout_bars")
     assert list(fig["data"][0]["x"]) == [2, 2]
     assert _captions(at, "2 matrices keep rank 2")
 
 
 def test_table6_errors_then_accuracies_on_a_press(app):
     at = open_page(app, PAGE)
-    err = _chart(at, "sp_t6_error")
+    err = chart(at, "sp_t6_error")
     assert [t["name"] for t in err["data"]] == ["Approx(BA): the product truncated (PERU-LoRA)",
                                                "Approx(B) Approx(A): each factor truncated"]
     product, factors = (np.array(t["y"], float) for t in err["data"])
@@ -84,7 +61,7 @@ def test_table6_errors_then_accuracies_on_a_press(app):
     assert any("Compute accuracies" in i.value for i in at.info)
     ok(at.button(key="sp_t6_compute").click().run())
     at = computed(at)
-    acc = _chart(at, "sp_t6_accuracy")
+    acc = chart(at, "sp_t6_accuracy")
     assert len(acc["data"]) == 4  # 2 variants x (the task, the average)
     last = [t["y"][-1] for t in acc["data"]]
     assert np.isclose(last[0], last[2]) and np.isclose(last[1], last[3])  # at q = r both are the LoRA fine-tune
@@ -98,6 +75,6 @@ def test_part_layout_shows_tall_mask_density_when_registered(app):
         pytest.skip("no TALL masks registered in this build")
     ok(at.radio(key="sp_lay_method").set_value("tall").run())
     ok(at.radio(key="sp_lay_value").set_value("fraction").run())
-    fig = _chart(at, "sp_layout_bars")
+    fig = chart(at, "sp_layout_bars")
     kept = np.array([c[0] for c in fig["data"][0]["customdata"]], dtype=np.int64)
     assert _captions(at, f"{kept.sum():,} kept entries")

@@ -1,33 +1,12 @@
 """The Trade-offs page's budget planner and ablation views (Tables 10, 7 / B.3 and 5) on the tiny zoo."""
 from __future__ import annotations
 
-import base64
-import json
-
-import numpy as np
-from app_helpers import ok, open_page, press
+from app_helpers import chart, ok, open_page, press
 
 from ui import state
 from ui import tradeoff_ablations as ta
 
 PAGE = "pages/2_Trade-offs.py"
-
-
-def _decode(x):
-    """Plotly's JSON writes numeric arrays as ``{"dtype", "bdata", "shape"}`` (base64): back to lists."""
-    if isinstance(x, dict) and "bdata" in x and "dtype" in x:
-        return np.frombuffer(base64.b64decode(x["bdata"]), dtype=np.dtype(x["dtype"])).tolist()
-    if isinstance(x, dict):
-        return {k: _decode(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_decode(v) for v in x]
-    return x
-
-
-def _chart(at, key: str) -> dict:
-    found = [c for c in at.get("plotly_chart") if c.proto.id and key in c.proto.id]
-    assert found, f"no chart {key}"
-    return _decode(json.loads(found[0].proto.spec))
 
 
 def _has_chart(at, key: str) -> bool:
@@ -67,7 +46,7 @@ def test_planner_says_what_is_missing_then_allocates_within_the_budget(app):
             assert float(exact.rstrip("%")) >= float(uniform.rstrip("%"))
         assert _captions(at, "Within ")
         budget = at.number_input(key="to_plan_budget_post-pruning_full")
-    fig = _chart(at, "to_plan_chart")
+    fig = chart(at, "to_plan_chart")
     assert [t["name"] for t in fig["data"]][:1] == ["per-task allocation (exact, DP)"]
     assert "MB" in fig["layout"]["xaxis"]["title"]["text"]
 
@@ -85,7 +64,7 @@ def test_table10_renders_after_its_compute(app):
     assert not _has_chart(at, "to_t10_chart")
     ok(at.multiselect(key=ta.T10_KEEPS).set_value([10.0]).run())
     at = press(at, ta.T10_COMPUTE)
-    fig = _chart(at, "to_t10_chart")
+    fig = chart(at, "to_t10_chart")
     assert len(fig["data"]) == 3 and all(len(t["y"]) == 1 for t in fig["data"])
     assert fig["data"][0]["name"].startswith("θ_t itself")
     assert _captions(at, "Average over 2 tasks: m=10%:")
@@ -96,7 +75,7 @@ def test_task_count_renders_after_its_compute(app):
     at = open_page(app, PAGE)
     assert any("subsets of T = 1 to 2 tasks" in i.value for i in at.info)
     at = press(at, ta.TC_COMPUTE)
-    fig = _chart(at, "to_tc_chart")
+    fig = chart(at, "to_tc_chart")
     means = [t for t in fig["data"] if t["name"].endswith("mean over subsets")]
     assert len(means) == 2 and all(list(t["x"]) == [1, 2] for t in means)
     assert _captions(at, "Mean over subsets of each subset's average accuracy:")
@@ -106,7 +85,7 @@ def test_table5_one_chart_over_the_merges(app):
     at = open_page(app, PAGE)
     ok(at.multiselect(key=ta.T5_MERGES).set_value(["task_arithmetic", "ties"]).run())
     at = press(at, ta.T5_COMPUTE)
-    fig = _chart(at, "to_t5_chart")
+    fig = chart(at, "to_t5_chart")
     assert [t["name"] for t in fig["data"]] == ["the merge alone", "+ PERU-FFT: top-10% of u_t per task"]
     assert list(fig["data"][0]["y"]) == ["Task Arithmetic", "TIES-Merging"]
     assert _captions(at, "Over 2 merges, alone")
