@@ -19,7 +19,7 @@ MODE_VERSIONS: dict[Mode, str] = {
     Mode.MERGE: "1",  # the merge method carries its own version
     Mode.POST_PRUNING: "1",  # top-m% selection (peru_core.sparse)
     Mode.PERU_FFT: "1",  # top-m% selection on top of the merge
-    Mode.PERU_LORA: "1",  # rank-q truncation (peru_core.lowrank)
+    Mode.PERU_LORA: "2",  # rank-q truncation (peru_core.lowrank); 2: one thread per matrix (last-bit changes)
     Mode.TALL: "1",  # TALL masks on the Task Arithmetic merge (peru_core.partreuse)
     Mode.EMR: "1",  # EMR-Merging's elected vector, masks and rescalers (peru_core.partreuse)
 }

@@ -120,3 +120,61 @@ def test_fast_float32_qr_path(out_dim, in_dim):
     for q in (1, 4, 8):
         best = (U[:, :q] * S[:q]) @ Vh[:q]
         assert (svd.truncate(q).dense(torch.float64) - best).abs().max() <= 1e-5 * ref[0]
+
+
+@pytest.mark.parametrize("ratio", [1.0, 1e-2, 1e-3, 2e-4])
+def test_eigh_core_agrees_with_the_svd_where_it_is_used(ratio):
+    """The float32 path's core goes through eigh(C C^T) when s_min >= 1e-4 s_max: singular values within 1e-8
+    relative of LAPACK's SVD, orthonormal vectors, the same product."""
+    from peru_core.lowrank import _core_svd
+
+    g = torch.Generator().manual_seed(9)
+    q1 = torch.linalg.qr(torch.randn(32, 32, generator=g, dtype=torch.float64))[0]
+    q2 = torch.linalg.qr(torch.randn(32, 32, generator=g, dtype=torch.float64))[0]
+    s = torch.logspace(0, float(np.log10(ratio)), 32, dtype=torch.float64)
+    core = (q1 * s) @ q2.T
+    u, got, v = _core_svd(core, exact=False)
+    ref = torch.linalg.svdvals(core)
+    assert ((got - ref).abs() / ref).max() <= 1e-8
+    eye = torch.eye(32, dtype=torch.float64)
+    assert torch.allclose(u.T @ u, eye, atol=1e-9) and torch.allclose(v.T @ v, eye, atol=1e-9)
+    assert torch.allclose((u * got) @ v.T, core, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["ill-conditioned", "rank-deficient", "zero"])
+def test_eigh_core_falls_back_to_the_svd(kind):
+    from peru_core.lowrank import _core_svd
+
+    g = torch.Generator().manual_seed(10)
+    core = torch.randn(16, 16, generator=g, dtype=torch.float64)
+    if kind == "ill-conditioned":
+        core[:, 0] *= 1e-6
+    elif kind == "rank-deficient":
+        core[:, 3] = core[:, 2]
+    else:
+        core.zero_()
+    exact = torch.linalg.svd(core)
+    u, s, v = _core_svd(core, exact=False)
+    assert torch.equal(s, exact.S) and torch.equal(u, exact.U) and torch.equal(v, exact.Vh.T)
+
+
+def test_adapter_svd_does_not_depend_on_the_thread_count():
+    """One matrix per worker thread, one torch thread each: bit-identical to running them one by one on one thread,
+    and the caller's own thread count is left as it was."""
+    g = torch.Generator().manual_seed(12)
+    from peru_core.io import LoraAdapter, LoraFactors
+
+    ad = LoraAdapter("t", {f"m{i}": LoraFactors(torch.randn(8, 40 + i, generator=g),
+                                                torch.randn(50 - i, 8, generator=g), 0.5) for i in range(6)})
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = truncate_adapter(adapter_svd(ad), 5)
+        torch.set_num_threads(3)
+        pooled = truncate_adapter(adapter_svd(ad), 5)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    for k in one:
+        assert torch.equal(one[k].U, pooled[k].U) and torch.equal(one[k].S, pooled[k].S)
+        assert torch.equal(one[k].Vh, pooled[k].Vh)
