@@ -11,6 +11,8 @@ from ui import cache, jobs, page, sidebar, specs, state, widgets
 from ui.downloads import downloads
 from ui.estimate_view import CAPTION as ESTIMATE_CAPTION, estimate_table
 
+ESTIMATE_WAIT_S = 2.0  # at most this long a Compute's own run waits for the quick estimates before drawing
+
 page.setup("Merge lab", ":material/science:")
 ctx = sidebar.context()
 page.intro(
@@ -64,6 +66,10 @@ with page.user_errors():
                 previous.cancel()  # a slider moved on: the setting it was computing is no longer asked for
             job = cache.submit(rt, todo, f"Computing {wanted[-1].label}", key=job_key, estimates=True)
             st.session_state["_lab_auto_job"] = job_key
+            # draw the estimates in this very run: no poll to wait for, no second rerun, and no page drawn
+            # meanwhile to slow the job down (a second or so on the demo zoo; a larger zoo shows its progress)
+            if not jobs.wait_for_news(job, lambda: cache.estimated(rt, wanted) is not None, ESTIMATE_WAIT_S):
+                st.rerun()  # it finished meanwhile (a small zoo): show its results
         if todo:
             job = jobs.watch(job_key, "lab")
             # quick estimates, while the same job evaluates the full test sets (the page reruns when they land)

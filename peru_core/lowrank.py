@@ -181,12 +181,17 @@ def _one_thread_each(fn: Callable[[LoraFactors], ProductSVD], items: list[LoraFa
     (``benchmarks/bench_engine.py --stages lora``). Each matrix runs on one thread whatever the pool size, so the
     result does not depend on the machine's thread count.
     """
-    workers = min(torch.get_num_threads(), len(items))
+    threads = torch.get_num_threads()
+    workers = min(threads, len(items))
     if workers <= 1 or any(f.A.device.type != "cpu" for f in items):
         yield from map(fn, items)
         return
-    with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        yield from pool.map(fn, items)
+    try:
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            yield from pool.map(fn, items)
+    finally:
+        # torch also keeps the last count set as the default of threads started later (a job's thread): restore it
+        torch.set_num_threads(threads)
 
 
 

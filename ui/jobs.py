@@ -47,6 +47,7 @@ class Job:
     updates: int = 0  # bumped when the job has something new to show before it ends (quick estimates)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
+    news: threading.Condition = field(default_factory=threading.Condition)  # notified on updates and at the end
 
     @property
     def active(self) -> bool:
@@ -58,6 +59,17 @@ class Job:
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         return self.finished.wait(timeout)
+
+    def updated(self) -> None:
+        """Something new to show before the end (quick estimates): watching pages rerun."""
+        with self.news:
+            self.updates += 1
+            self.news.notify_all()
+
+    def wait_news(self, seen: int, timeout: float) -> bool:
+        """Block up to ``timeout`` s until the job has an update after ``seen`` or has ended; True if it has."""
+        with self.news:
+            return self.news.wait_for(lambda: self.updates != seen or not self.active, timeout)
 
 
 class Jobs:
@@ -114,10 +126,7 @@ class Jobs:
                 raise Cancelled
             job.fraction, job.message = min(max(float(fraction), 0.0), 1.0), message
 
-        def updated() -> None:
-            job.updates += 1
-
-        progress.updated = updated  # type: ignore[attr-defined]
+        progress.updated = job.updated  # type: ignore[attr-defined]
 
         try:
             self._wait_turn(job)
@@ -139,6 +148,8 @@ class Jobs:
                     self._queue.remove(job)
                 self._turn.notify_all()
             job.finished.set()
+            with job.news:
+                job.news.notify_all()
 
     def wait_all(self, timeout: float = 120.0) -> None:
         """Block until no job is active (tests)."""
@@ -156,6 +167,24 @@ class Jobs:
 def jobs() -> Jobs:
     """The one :class:`Jobs` of this server (shared by every session)."""
     return Jobs()
+
+
+def wait_for_news(job: Job, ready: Callable[[], bool], timeout: float) -> bool:
+    """Right after submitting ``job``: wait up to ``timeout`` s until ``ready()`` (checked at each of its updates)
+    or its end, unless it is queued behind another user's job (it would then only wait out the timeout). Returns
+    whether it is still active.
+
+    Why: the page that pressed Compute then draws the estimates in the same run, instead of a progress poll
+    noticing them up to half a second later and rerunning the page (and nothing is drawn meanwhile to compete with
+    the job for the GIL and the cores)."""
+    ahead = jobs().running()
+    if ahead is None or ahead is job:
+        deadline = time.monotonic() + timeout
+        seen = job.updates
+        while job.active and not ready() and time.monotonic() < deadline:
+            job.wait_news(seen, deadline - time.monotonic())
+            seen = job.updates
+    return job.active
 
 
 def label(job: Job) -> str:

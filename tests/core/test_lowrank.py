@@ -1,6 +1,8 @@
 """QR-core SVD of LoRA products against dense SVDs; truncation ranks; spectra."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -173,6 +175,11 @@ def test_adapter_svd_does_not_depend_on_the_thread_count():
         torch.set_num_threads(3)
         pooled = truncate_adapter(adapter_svd(ad), 5)
         assert torch.get_num_threads() == 3
+        started_later = []  # torch's default for new threads is the last count set: still the caller's
+        t = threading.Thread(target=lambda: started_later.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert started_later == [3]
     finally:
         torch.set_num_threads(before)
     for k in one:
