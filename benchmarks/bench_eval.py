@@ -2,7 +2,8 @@
 plain loop over the same preprocessed tensors, in one run.
 
     python3 benchmarks/bench_eval.py                                  # demo zoo, CPU (or $PERU_DEVICE)
-    python3 benchmarks/bench_eval.py --device cuda --precision bf16   # on a GPU, also bf16 vs float32 accuracy
+    python3 benchmarks/bench_eval.py --precision bf16   # a GPU or a CPU with native bf16: also bf16 vs float32
+                                                        # (accuracy per task and speed, in the same run)
 
 Ours: ``ZooRuntime.accuracy`` per task (the state dict copied into the model in place, the cached test set, the
 runtime's batch size and precision, normalised features, the frozen head, argmax, accuracy). Plain: the state dict
@@ -83,11 +84,20 @@ def main() -> int:
     print(f"largest accuracy difference ours vs plain: {diff * 100:.2f} points")
     if rt.precision != "float32":
         ref = ZooRuntime(rt.zoo, str(rt.device), batch_size=batch)
-        a_ref = [ref.accuracy(sd, t) for t in names]
+        a_ref = [ref.accuracy(sd, t) for t in names]  # also the warm-up of the float32 runtime
+        t_ref = []
+        for _ in range(args.repeats):  # the float32 baseline, timed like ours above
+            sync()
+            t0 = time.perf_counter()
+            [ref.accuracy(sd, t) for t in names]
+            sync()
+            t_ref.append(time.perf_counter() - t0)
+        print(f"float32 (same runtime code, same batch): {min(t_ref):.3f} s; {rt.precision} is "
+              f"{min(t_ref) / best_o:.2f}x as fast")
         deltas = [(a - r) * 100 for a, r in zip(a_ours, a_ref)]
         print(f"{rt.precision} minus float32 accuracy per task (points): "
               + ", ".join(f"{t} {d:+.2f}" for t, d in zip(names, deltas))
-              + f"; mean {sum(deltas) / len(deltas):+.3f}")
+              + f"; mean {sum(deltas) / len(deltas):+.3f}, largest {max(map(abs, deltas)):.2f}")
     return 0
 
 

@@ -18,8 +18,8 @@ DEFAULT_BATCH = 500
 
 
 def autocast(device: torch.device, precision: str = "float32") -> contextlib.AbstractContextManager:
-    """The context an evaluation runs in: nothing for float32; for ``bf16`` (a CUDA GPU only, checked by
-    :func:`peru_core.device.check_precision`) autocast of the matrix products to bfloat16, with the features
+    """The context an evaluation runs in: nothing for float32; for ``bf16`` (where the device computes it natively,
+    checked by :func:`peru_core.device.check_precision`) autocast of the matrix products to bfloat16, with the features
     brought back to float32 before the head (so the argmax compares float32 logits)."""
     if precision == "float32":
         return contextlib.nullcontext()

@@ -53,7 +53,7 @@ def zoo_at(root: str | Path) -> Zoo:
 @st.cache_resource(show_spinner="Loading the zoo's model and checkpoints…", max_entries=3)
 def runtime(root: str, content_hash: str, device: str, precision: str = "float32"):
     """The shared :class:`ZooRuntime` (model, checkpoints, heads, test data) for a zoo on a device, evaluating at
-    ``precision`` ("bf16" on a CUDA GPU only)."""
+    ``precision`` ("bf16" where the device computes it natively)."""
     from peru_core.zoo.runtime import ZooRuntime
 
     threads()

@@ -24,8 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ranks", nargs="+", type=int, default=None, help="q values (default 1 2 4 8 16)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--precision", default="float32", choices=("float32", "bf16"),
-                   help="evaluation precision: float32 (default) or bf16 (a CUDA GPU only: autocast of the image "
-                   "tower's matrix products; its rows are stored apart from float32 ones)")
+                   help="evaluation precision: float32 (default) or bf16 (a GPU, or a CPU with AVX512-BF16 or AMX: "
+                   "autocast of the image tower's matrix products; its rows are stored apart from float32 ones)")
     p.add_argument("--no-store", action="store_true", help="compute everything again, store nothing")
     p.add_argument("--specs", metavar="FILE", help="a JSON spec file to run instead of the paper's table "
                    "(--methods, --keeps and --ranks then do not apply)")
