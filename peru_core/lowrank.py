@@ -8,14 +8,13 @@ unless asked for float64 (spectra use float64). PERU: https://arxiv.org/abs/2310
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 import numpy as np
 import torch
 
-from peru_core.device import DeviceLike, resolve_device
+from peru_core.device import DeviceLike, one_thread_each, resolve_device
 from peru_core.errors import PeruError
 from peru_core.io import LoraAdapter, LoraFactors
 from peru_core.statedict import work_dtype
@@ -172,35 +171,16 @@ def factors_svd(f: LoraFactors, qr_dtype: Optional[torch.dtype] = None) -> Produ
     return ProductSVD(f.A, f.B, f.scale, qr_dtype=qr_dtype)
 
 
-def _one_thread_each(fn: Callable[[LoraFactors], ProductSVD], items: list[LoraFactors]) -> Iterator[ProductSVD]:
-    """``fn`` of each factor pair, in order: on the CPU, ``torch.get_num_threads()`` workers with one torch thread
-    each (the setting is per thread: the caller's own count is untouched).
-
-    Why: a QR of a 3072 x 128 factor and a 128 x 128 SVD are too small for LAPACK to use two threads well (the
-    core SVD runs 1.7 ms with two threads, 1.9 ms with one), so one matrix per core is about twice as fast
-    (``benchmarks/bench_engine.py --stages lora``). Each matrix runs on one thread whatever the pool size, so the
-    result does not depend on the machine's thread count.
-    """
-    threads = torch.get_num_threads()
-    workers = min(threads, len(items))
-    if workers <= 1 or any(f.A.device.type != "cpu" for f in items):
-        yield from map(fn, items)
-        return
-    try:
-        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            yield from pool.map(fn, items)
-    finally:
-        # torch also keeps the last count set as the default of threads started later (a job's thread): restore it
-        torch.set_num_threads(threads)
-
-
-
 def adapter_svd(adapter: LoraAdapter, on_progress: Progress = None, *,
                 qr_dtype: Optional[torch.dtype] = None) -> dict[str, ProductSVD]:
     """:class:`ProductSVD` of every LoRA product of ``adapter`` (singular vectors formed lazily per rank)."""
     keys = list(adapter.keys())
     out = {}
-    svds = _one_thread_each(lambda f: factors_svd(f, qr_dtype), [adapter[k] for k in keys])
+    factors = [adapter[k] for k in keys]
+    if all(f.A.device.type == "cpu" for f in factors):  # one matrix per core: about twice as fast (one_thread_each)
+        svds = one_thread_each(lambda f: factors_svd(f, qr_dtype), factors)
+    else:
+        svds = map(lambda f: factors_svd(f, qr_dtype), factors)
     for i, (key, svd) in enumerate(zip(keys, svds)):
         out[key] = svd
         report(on_progress, (i + 1) / len(keys), f"SVD of {adapter.name} LoRA products")

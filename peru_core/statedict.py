@@ -13,6 +13,7 @@ from typing import Iterator, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from peru_core.device import one_thread_each
 from peru_core.errors import PeruError
 from peru_core.types import StateDict, report
 
@@ -202,38 +203,47 @@ def weighted_sum(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[s
 
     Works chunk by chunk (each chunk stays in cache while the T inputs stream through), with one preallocated
     accumulator and in-place ``add_``: every input is read once and the output written once; the first two inputs
-    are summed straight into the accumulator (one pass fewer than copy + add, the same values).
+    are summed straight into the accumulator (one pass fewer than copy + add, the same values). On the CPU one tensor
+    per core (:func:`peru_core.device.one_thread_each`): elementwise, so the same values on any thread count.
     """
-    block = FUSED_CHUNK
-    acc = torch.empty(min(block, max(base[k].numel() for k in keys)))
+    keys = list(keys)
+    on_cpu = all(base[k].device.type == "cpu" and all(sd[k].device.type == "cpu" for sd in finetuned) for k in keys)
+    mapped = (one_thread_each if on_cpu else map)(
+        lambda k: _weighted_sum_one(base[k], [sd[k] for sd in finetuned], base_weight, task_weight), keys)
     out: StateDict = {}
-    for i, k in enumerate(keys):
-        wd = work_dtype(base[k].dtype)
-        if acc.dtype != wd:
-            acc = acc.to(wd)
-        b_all = base[k].reshape(-1)
-        fl = [sd[k].reshape(-1) for sd in finetuned]
-        # one output per tensor, not one flat buffer: tensor-sized blocks are recycled by the allocator across calls,
-        # while a fresh model-sized buffer page-faults on every call (measured: the whole merge 2x slower)
-        res = torch.empty(b_all.numel(), dtype=wd)
-        for s in range(0, b_all.numel(), block):
-            e = min(s + block, b_all.numel())
-            a = acc[: e - s]
-            if len(fl) > 1 and fl[0].dtype == fl[1].dtype == wd:  # summed straight into the accumulator: no copy
-                # pass, same values (16-bit inputs must be widened first, or the add would round in 16 bits)
-                torch.add(fl[0][s:e], fl[1][s:e], out=a)
-                rest = fl[2:]
-            else:
-                a.copy_(fl[0][s:e])
-                rest = fl[1:]
-            for f in rest:
-                a.add_(f[s:e])
-            r = res[s:e]
-            if base_weight == 0.0:
-                torch.mul(a, task_weight, out=r)
-            else:
-                torch.mul(b_all[s:e], base_weight, out=r)
-                r.add_(a, alpha=task_weight)
-        out[k] = res.view(base[k].shape) if wd == base[k].dtype else res.view(base[k].shape).to(base[k].dtype)
+    for i, (k, v) in enumerate(zip(keys, mapped)):
+        out[k] = v
         report(on_progress, (i + 1) / len(keys), message)
     return out
+
+
+def _weighted_sum_one(base: torch.Tensor, finetuned: Sequence[torch.Tensor], base_weight: float,
+                      task_weight: float) -> torch.Tensor:
+    """:func:`weighted_sum` of one tensor."""
+    block = FUSED_CHUNK
+    wd = work_dtype(base.dtype)
+    acc = torch.empty(min(block, base.numel()), dtype=wd, device=base.device)  # this call's (thread's) own
+    b_all = base.reshape(-1)
+    fl = [f.reshape(-1) for f in finetuned]
+    # one output per tensor, not one flat buffer: tensor-sized blocks are recycled by the allocator across calls,
+    # while a fresh model-sized buffer page-faults on every call (measured: the whole merge 2x slower)
+    res = torch.empty(b_all.numel(), dtype=wd, device=base.device)
+    for s in range(0, b_all.numel(), block):
+        e = min(s + block, b_all.numel())
+        a = acc[: e - s]
+        if len(fl) > 1 and fl[0].dtype == fl[1].dtype == wd:  # summed straight into the accumulator: no copy
+            # pass, same values (16-bit inputs must be widened first, or the add would round in 16 bits)
+            torch.add(fl[0][s:e], fl[1][s:e], out=a)
+            rest = fl[2:]
+        else:
+            a.copy_(fl[0][s:e])
+            rest = fl[1:]
+        for f in rest:
+            a.add_(f[s:e])
+        r = res[s:e]
+        if base_weight == 0.0:
+            torch.mul(a, task_weight, out=r)
+        else:
+            torch.mul(b_all[s:e], base_weight, out=r)
+            r.add_(a, alpha=task_weight)
+    return res.view(base.shape) if wd == base.dtype else res.view(base.shape).to(base.dtype)

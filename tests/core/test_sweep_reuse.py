@@ -143,10 +143,19 @@ def test_lora_svd_once_per_task_and_model_equals_fresh(monkeypatch):
     assert _same(held, models[2]) and _same(other, models[4])
 
 
-def test_weighted_sum_flat_output_equals_per_key_pass():
+@pytest.mark.parametrize("threads", [1, 3])
+def test_weighted_sum_flat_output_equals_per_key_pass(threads):
+    """The same values whether the keys run one per worker thread (3) or in turn (1)."""
     base = {"w": torch.randn(300, 7), "h": torch.randn(50).half(), "b": torch.randn(1000), "d": torch.randn(9).double()}
     fts = [{k: v + 0.1 * torch.randn(v.shape).to(v.dtype) for k, v in base.items()} for _ in range(4)]
-    got = weighted_sum(base, fts, 1 - 0.3 * 4, 0.3, list(base))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = weighted_sum(base, fts, 1 - 0.3 * 4, 0.3, list(base))
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert list(got) == list(base)
     for k, b in base.items():  # the same ops per key, one fresh output each
         wd = work_dtype(b.dtype)
         a = fts[0][k].reshape(-1).to(wd, copy=True)
