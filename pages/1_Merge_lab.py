@@ -11,7 +11,16 @@ from ui import cache, jobs, page, sidebar, specs, state, widgets
 from ui.downloads import downloads
 from ui.estimate_view import CAPTION as ESTIMATE_CAPTION, estimate_table
 
-ESTIMATE_WAIT_S = 2.0  # at most this long a Compute's own run waits for the quick estimates before drawing
+ESTIMATE_WAIT_S = 2.0  # at most this long the run that starts a job waits for its quick estimates before drawing
+STARTED = "_lab_started"  # session key: the job key started by this session's last press or auto-compute
+
+
+def start(rt, todo: list, label: str, job_key: str) -> jobs.Job:
+    """Start computing ``todo`` (quick estimates first) and note it for this session's next run."""
+    job = cache.submit(rt, todo, f"Computing {label}", key=job_key, estimates=True)
+    st.session_state["_lab_auto_job"] = job_key
+    st.session_state[STARTED] = job_key
+    return job
 
 page.setup("Merge lab", ":material/science:")
 ctx = sidebar.context()
@@ -57,17 +66,20 @@ with page.user_errors():
         running = job is not None and job.active
         auto = state.kept(st.toggle, "Auto-compute", key=state.LAB_AUTO, value=False,
                           help="Compute each new setting as soon as a slider moves (seconds on the demo zoo).")
-        clicked = st.button("Compute", key=state.LAB_COMPUTE, type="primary", disabled=not todo or running)
-    with right:
         retry = job is None or job.state not in (jobs.CANCELLED, jobs.FAILED)  # auto never restarts a cancel
-        if todo and not running and (clicked or (auto and retry)):
+        if todo and not running and auto and retry:  # before the button, so it is drawn disabled
             previous = jobs.jobs().get(st.session_state.get("_lab_auto_job", ""))
-            if auto and previous is not None and previous.key != job_key:
+            if previous is not None and previous.key != job_key:
                 previous.cancel()  # a slider moved on: the setting it was computing is no longer asked for
-            job = cache.submit(rt, todo, f"Computing {wanted[-1].label}", key=job_key, estimates=True)
-            st.session_state["_lab_auto_job"] = job_key
-            # draw the estimates in this very run: no poll to wait for, no second rerun, and no page drawn
-            # meanwhile to slow the job down (a second or so on the demo zoo; a larger zoo shows its progress)
+            job, running = start(rt, todo, wanted[-1].label, job_key), True
+        # a press starts the job in the button's callback, before this script runs again: the run it triggers then
+        # finds the job and draws the button disabled
+        st.button("Compute", key=state.LAB_COMPUTE, type="primary", disabled=not todo or running, on_click=start,
+                  args=(rt, todo, wanted[-1].label, job_key))
+    with right:
+        if st.session_state.pop(STARTED, None) == job_key and job is not None:
+            # draw the estimates in the run that started the job: no poll to wait for, no second rerun, and no page
+            # drawn meanwhile to slow the job down (under a second on the demo zoo; a larger zoo shows its progress)
             if not jobs.wait_for_news(job, lambda: cache.estimated(rt, wanted) is not None, ESTIMATE_WAIT_S):
                 st.rerun()  # it finished meanwhile (a small zoo): show its results
         if todo:

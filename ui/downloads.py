@@ -16,14 +16,24 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
 
 
+def results_file(spec: RunSpec, df: pd.DataFrame, precision: str = "float32") -> tuple[bytes, str]:
+    """The results CSV and its file name; rows evaluated in another precision than float32 carry a ``precision``
+    column and the name says it too, so the file tells what its numbers are wherever it ends up."""
+    name = _slug(spec.label)
+    if precision != "float32":
+        df, name = df.assign(precision=precision), f"{name}_{precision}"
+    return results_csv(df).encode(), f"{name}.csv"
+
+
 def downloads(rt, spec: RunSpec, df: pd.DataFrame, prefix: str) -> None:
     """A CSV of ``df`` at once; the safetensors of ``spec`` (built by ``experiments.artifacts``) on request,
     kept for this session until the setting changes."""
     st.subheader("Downloads")
     row = st.container(horizontal=True, vertical_alignment="center")  # buttons as wide as their text
     cols = [row, row, row]
-    cols[0].download_button("Results (CSV)", results_csv(df).encode(), file_name=f"{_slug(spec.label)}.csv",
-                            mime="text/csv", key=f"{prefix}_csv", on_click="ignore")
+    data, name = results_file(spec, df, rt.precision)
+    cols[0].download_button("Results (CSV)", data, file_name=name, mime="text/csv", key=f"{prefix}_csv",
+                            on_click="ignore")
     slot = f"_{prefix}_artifacts"
     held = st.session_state.get(slot)
     if held is None or held[0] != spec.key():

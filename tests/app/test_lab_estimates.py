@@ -61,6 +61,7 @@ def test_the_compute_run_itself_shows_the_estimates(app, monkeypatch):
         row = at.table[0].value.loc["PERU-FFT (Task Arithmetic) 25%"]
         assert all("(est." in cell for cell in row), row
         assert any("95% confidence interval" in c.value for c in at.caption)
+        assert at.button(key=state.LAB_COMPUTE).disabled  # the job runs: not a second press of the same work
     finally:
         release.set()
     computed(at)

@@ -35,6 +35,7 @@ def test_bf16_on_a_bf16_cpu_is_computed_and_stored_apart(app, monkeypatch):
     at = press(at, state.LAB_COMPUTE)
     b16 = at.table[0].value
     assert any("evaluated in bfloat16" in i.value for i in at.info)
+    assert [b for b in at.get("download_button") if b.proto.label == "Results (CSV)"]
     assert list(b16.index) == list(f32.index)
     con = sqlite3.connect(ResultsStore().path)
     engines = {r[0] for r in con.execute("SELECT DISTINCT engine FROM results")}
@@ -44,3 +45,18 @@ def test_bf16_on_a_bf16_cpu_is_computed_and_stored_apart(app, monkeypatch):
     assert at.button(key=state.LAB_COMPUTE).disabled is True  # back to float32: its stored rows, unchanged
     assert at.table[0].value.equals(f32)
     assert not any("bfloat16" in i.value for i in at.info)
+
+
+def test_results_file_says_its_precision():
+    import pandas as pd
+
+    from peru_core.spec import Mode, RunSpec
+    from ui.downloads import results_file
+
+    spec = RunSpec.make(Mode.PERU_FFT, merge="task_arithmetic", keep=10.0)
+    rows = pd.DataFrame({"label": [spec.label], "task": ["a"], "accuracy": [0.5]})
+    data, name = results_file(spec, rows)
+    assert name == "peru_fft_task_arithmetic_10.csv" and "precision" not in data.decode()
+    data, name = results_file(spec, rows, "bf16")
+    assert name == "peru_fft_task_arithmetic_10_bf16.csv"
+    assert data.decode().splitlines()[0].endswith(",precision") and data.decode().splitlines()[1].endswith(",bf16")
