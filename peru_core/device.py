@@ -75,8 +75,9 @@ def cpu_flags() -> set[str]:
 
 def supports_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 natively: a CUDA GPU that says so, or a CPU with AVX512-BF16 or AMX
-    (oneDNN's bf16 kernels there: the demo zoo evaluates 2.2x faster than in float32 on this project's AVX512-BF16
-    CPU; elsewhere bf16 is emulated and slower than float32, so it is not offered)."""
+    (oneDNN's bf16 kernels there: the demo zoo evaluates 1.95x as fast as in float32 on this project's AVX512-BF16
+    CPU, ``benchmarks/bench_eval.py --precision bf16``; elsewhere bf16 is emulated and slower than float32, so it is
+    not offered)."""
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return device.type == "cpu" and bool(cpu_flags() & set(CPU_BF16_FLAGS))
@@ -197,8 +198,7 @@ def one_thread_each(fn: Callable[[_In], _Out], items: Sequence[_In]) -> Iterator
 
     Why: work split into many small, independent pieces (a 3072 x 128 QR, a 128 x 128 SVD, a 1 MB chunk of a
     weighted sum) spends much of its time in the barriers of torch's thread pool; one piece per core avoids them
-    (PERU-LoRA's SVDs 1.9x, Task Arithmetic 1.3x faster on this project's 2-core CPU: benchmarks/bench_engine.py).
-    Each piece runs on one thread whatever the pool size, so results do not depend on the thread count. Only for
+    (figures: docs/engine.md, "Second issue 10 run"). Each piece runs on one thread whatever the pool size, so results do not depend on the thread count. Only for
     CPU work: ``fn`` must not touch CUDA tensors.
     """
     threads = torch.get_num_threads()

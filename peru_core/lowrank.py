@@ -177,7 +177,7 @@ def adapter_svd(adapter: LoraAdapter, on_progress: Progress = None, *,
     keys = list(adapter.keys())
     out = {}
     factors = [adapter[k] for k in keys]
-    if all(f.A.device.type == "cpu" for f in factors):  # one matrix per core: about twice as fast (one_thread_each)
+    if all(f.A.device.type == "cpu" for f in factors):  # one matrix per core (device.one_thread_each)
         svds = one_thread_each(lambda f: factors_svd(f, qr_dtype), factors)
     else:
         svds = map(lambda f: factors_svd(f, qr_dtype), factors)

@@ -48,8 +48,8 @@ class ZooRuntime:
                  content_hash: Optional[str] = None, precision: str = "float32") -> None:
         """``content_hash``: the zoo's :meth:`Zoo.content_hash` when the caller has it (hashing reads every file).
         ``batch_size``: images per forward pass (default: :func:`peru_core.device.batch_size_for` the device,
-        measured on first use). ``precision``: "float32", or "bf16" where the device computes it natively (results are keyed by
-        it)."""
+        measured on first use). ``precision``: "float32", or "bf16" where the device computes it natively
+        (results are keyed by it)."""
         self.zoo = zoo
         self.device = resolve_device(device)
         self.precision = check_precision(precision, self.device)
