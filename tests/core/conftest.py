@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from peru_core.io import save_state_dict
+from peru_core.zoo import load_zoo
+from peru_core.zoo.runtime import ZooRuntime
 
 SHAPES = {
     "visual.conv1.weight": (4, 3, 2, 2),
@@ -82,3 +85,21 @@ def unflat(vec, like, keys):
         out[k] = vec[o:o + like[k].numel()].view(like[k].shape)
         o += like[k].numel()
     return out
+
+
+@pytest.fixture(scope="module")
+def rt(tiny_zoo_dir):
+    """The tiny zoo's runtime on the default device, one per test module."""
+    return ZooRuntime(load_zoo(tiny_zoo_dir))
+
+
+@pytest.fixture(scope="module")
+def rt16(tiny_zoo_dir, tmp_path_factory):
+    """A copy of the tiny zoo whose base checkpoint is float16 (the fine-tunes stay float32)."""
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path_factory.mktemp("zoo16") / "zoo"
+    shutil.copytree(tiny_zoo_dir, copy)
+    zoo = load_zoo(copy)
+    save_file({k: v.half() for k, v in load_file(str(zoo.base)).items()}, str(zoo.base))
+    return ZooRuntime(load_zoo(copy))

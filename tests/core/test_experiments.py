@@ -14,11 +14,6 @@ from peru_core.zoo import load_zoo
 from peru_core.zoo.runtime import ZooRuntime
 
 
-@pytest.fixture(scope="module")
-def rt(tiny_zoo_dir):
-    return ZooRuntime(load_zoo(tiny_zoo_dir))
-
-
 def _topm_reference(vec: dict, keep: float) -> dict:
     """Straightforward global top-m%: sort all |values|, keep the largest keep_count."""
     flat = torch.cat([v.flatten() for v in vec.values()])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -24,8 +23,6 @@ from peru_core.sparse import TopM, encoding, part_dtype
 from peru_core.spec import RunSpec
 from peru_core.statedict import Layout
 from peru_core.taskpart import read_task_part, sparse_part, sparse_part_bytes
-from peru_core.zoo import load_zoo
-from peru_core.zoo.runtime import ZooRuntime
 
 
 def _size(tmp_path, name: str, data: bytes) -> int:
@@ -81,22 +78,6 @@ def test_mask_is_written_where_it_is_smaller(base):
     tensors, meta = big.to_tensors()
     assert set(tensors) == {"values", "mask"} and tensors["mask"].numel() == math.ceil(d / 8)
     assert meta["encoding"] == "mask"
-
-
-@pytest.fixture(scope="module")
-def rt(tiny_zoo_dir):
-    return ZooRuntime(load_zoo(tiny_zoo_dir))
-
-
-@pytest.fixture(scope="module")
-def rt16(tiny_zoo_dir, tmp_path_factory):
-    from safetensors.torch import load_file, save_file
-
-    copy = tmp_path_factory.mktemp("zoo16") / "zoo"
-    shutil.copytree(tiny_zoo_dir, copy)
-    zoo = load_zoo(copy)
-    save_file({k: v.half() for k, v in load_file(str(zoo.base)).items()}, str(zoo.base))
-    return ZooRuntime(load_zoo(copy))
 
 
 def _specs(rt) -> list[RunSpec]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 
 import pytest
 import torch
@@ -23,11 +22,9 @@ from peru_core.cli import main
 from peru_core.errors import PeruError
 from peru_core.io import load_state_dict
 from peru_core.partreuse import PART_METHODS, emr_merging, get_part_method, tall_masks
-from peru_core.spec import MODE_LABELS, PART_MODES, Mode, RunSpec
+from peru_core.spec import MODE_LABELS, PART_MODES, RunSpec
 from peru_core.statedict import numel
 from peru_core.taskpart import read_task_part
-from peru_core.zoo import load_zoo
-from peru_core.zoo.runtime import ZooRuntime
 
 SHAPES = {
     "visual.conv1.weight": (6, 3, 2, 2),
@@ -190,22 +187,6 @@ def test_registry_specs_and_errors():
 
 
 # --- bytes: the dashboard's downloads and the CLI ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def rt(tiny_zoo_dir):
-    return ZooRuntime(load_zoo(tiny_zoo_dir))
-
-
-@pytest.fixture(scope="module")
-def rt16(tiny_zoo_dir, tmp_path_factory):
-    from safetensors.torch import load_file, save_file
-
-    copy = tmp_path_factory.mktemp("zoo16_part") / "zoo"
-    shutil.copytree(tiny_zoo_dir, copy)
-    zoo = load_zoo(copy)
-    save_file({k: v.half() for k, v in load_file(str(zoo.base)).items()}, str(zoo.base))
-    return ZooRuntime(load_zoo(copy))
-
-
 SPECS = [RunSpec.make("tall"), RunSpec.make("tall", params={"lam": 0.3, "tall_mask_lambda": 0.2}),
          RunSpec.make("emr"), RunSpec.make("tall", "lora"), RunSpec.make("emr", "llora")]
 
